@@ -1,0 +1,425 @@
+"""The feature bank: whitened training features, their provenance, and the calibrated null.
+
+On disk a bank is a folder of .npy arrays and one manifest.json (no pickles), written
+atomically. The manifest records everything that must match at scoring time (encoder and
+checkpoint hash, image size, layers, preprocessing, slice axis, query flips), so a bank is
+never silently used with another encoder or other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .calibration import NullModel, volume_folds
+from .encoder import EncoderConfig, EncoderInfo, build_encoder
+from .errors import BankError, InputError, SettingsError
+from .features import FeatureExtractor, FeatureSet, extract_features
+from .matching import Matches, best_over_views, concat_matches, exact_index, match_queries
+from .preprocessing import FLIPS, PreprocessSpec
+from .progress import CancelCallback, ProgressCallback, check_cancel, report
+from .scans import ReadOptions, SkippedInput, SliceInfo, find_scans
+from .whitening import Whitener
+
+BANK_FORMAT = "memorization-index-bank"
+BANK_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BankSettings:
+    """Choices that shape a bank. Those in MUST_MATCH are checked again at scoring time."""
+
+    image_size: int = 224
+    layers: tuple[int, ...] = (3, 7, 11)
+    axis: str = "axial"
+    stride: int = 1
+    min_foreground: float = 0.05
+    flips: tuple[str, ...] = ("none", "hflip", "vflip")
+    top_k: int = 10
+    calibration_folds: int = 5
+    null_max_slices: int = 3000
+    thumbnail_size: int = 64
+    seed: int = 0
+
+    MUST_MATCH = ("image_size", "layers", "axis", "flips")
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        flips = tuple(self.flips)
+        if "none" not in flips:
+            flips = ("none", *flips)
+        object.__setattr__(self, "flips", flips)
+        for flip in flips:
+            if flip not in FLIPS:
+                raise SettingsError(f"Unknown flip {flip!r}; choose from {', '.join(FLIPS)}.")
+        if not self.layers:
+            raise SettingsError("--layers needs at least one encoder block index.")
+        if self.top_k < 1:
+            raise SettingsError(f"--top-k must be at least 1 (got {self.top_k}).")
+        if self.calibration_folds < 2:
+            raise SettingsError(
+                f"--calibration-folds must be at least 2 (got {self.calibration_folds})."
+            )
+        if self.null_max_slices < 100:
+            raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
+        self.read_options()  # validates axis, stride, min_foreground
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(axis=self.axis, stride=self.stride, min_foreground=self.min_foreground)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(image_size=self.image_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["flips"] = list(self.flips)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BankSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        )
+
+
+@dataclass
+class FeatureBank:
+    """A loaded bank: per-layer whiteners, unit vectors and exact indexes, provenance, null."""
+
+    settings: BankSettings
+    encoder: dict
+    whiteners: list[Whitener]
+    vectors: list[np.ndarray]
+    volume_ids: np.ndarray
+    slice_indices: np.ndarray
+    positions: np.ndarray
+    volumes: list[str]
+    series_uids: list[str]
+    thumbnails: np.ndarray
+    null: NullModel
+    manifest: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self):
+        self._indexes = [exact_index(v) for v in self.vectors]
+
+    def __len__(self) -> int:
+        return len(self.volume_ids)
+
+    @property
+    def trained_encoder(self) -> bool:
+        return bool(self.encoder.get("trained"))
+
+    def slice_info(self, row: int) -> SliceInfo:
+        vid = int(self.volume_ids[row])
+        return SliceInfo(
+            volume=self.volumes[vid],
+            series_uid=self.series_uids[vid],
+            slice_index=int(self.slice_indices[row]),
+            position=tuple(float(x) for x in self.positions[row]),
+        )
+
+    def whiten(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        return [w.transform(f) for w, f in zip(self.whiteners, features, strict=True)]
+
+    def match(self, whitened: list[np.ndarray], k: int | None = None, chunk: int = 1024) -> Matches:
+        """Best bank slices for whitened queries, in chunks to bound memory."""
+        parts = [
+            match_queries(
+                [w[start : start + chunk] for w in whitened],
+                self.vectors,
+                self._indexes,
+                self.volume_ids,
+                k or self.settings.top_k,
+            )
+            for start in range(0, len(whitened[0]), chunk)
+        ]
+        return concat_matches(parts)
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        from .atomic import atomic_directory
+
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            for layer, w, v in zip(self.settings.layers, self.whiteners, self.vectors, strict=True):
+                np.save(tmp / f"features_layer{layer}.npy", v.astype(np.float32))
+                np.save(tmp / f"whitening_layer{layer}_mean.npy", w.mean)
+                np.save(tmp / f"whitening_layer{layer}_matrix.npy", w.matrix)
+            np.save(tmp / "slice_volume_ids.npy", self.volume_ids.astype(np.int64))
+            np.save(tmp / "slice_indices.npy", self.slice_indices.astype(np.int64))
+            np.save(tmp / "slice_positions.npy", self.positions.astype(np.float64))
+            np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
+            np.savez(tmp / "null.npz", **self.null.to_arrays())
+            manifest = dict(self.manifest)
+            manifest.update(
+                {
+                    "format": BANK_FORMAT,
+                    "format_version": BANK_FORMAT_VERSION,
+                    "engine_version": __version__,
+                    "encoder": self.encoder,
+                    "settings": self.settings.to_dict(),
+                    "n_slices": len(self),
+                    "volumes": [
+                        {"path": p, "series_uid": u}
+                        for p, u in zip(self.volumes, self.series_uids, strict=True)
+                    ],
+                    "shrinkage": {
+                        str(layer): w.shrinkage
+                        for layer, w in zip(self.settings.layers, self.whiteners, strict=True)
+                    },
+                    "calibration": self.null.summary(),
+                }
+            )
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        self.path = str(path)
+        self.manifest = manifest
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureBank:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise BankError(f"{path} is not a feature bank (no manifest.json there).")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BankError(f"{manifest_path} cannot be read as JSON: {exc}.") from exc
+        if manifest.get("format") != BANK_FORMAT:
+            raise BankError(f"{manifest_path} is not a MemorizationIndex bank manifest.")
+        if manifest.get("format_version") != BANK_FORMAT_VERSION:
+            raise BankError(
+                f"{path} uses bank format {manifest.get('format_version')}; this version of "
+                f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
+            )
+        settings = BankSettings.from_dict(manifest["settings"])
+
+        def arr(name):
+            file = path / name
+            try:
+                return np.load(file, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise BankError(f"Bank file {file} is missing or damaged ({exc}).") from exc
+
+        whiteners, vectors = [], []
+        for layer in settings.layers:
+            whiteners.append(
+                Whitener(
+                    arr(f"whitening_layer{layer}_mean.npy"),
+                    arr(f"whitening_layer{layer}_matrix.npy"),
+                    float(manifest.get("shrinkage", {}).get(str(layer), 0.0)),
+                )
+            )
+            vectors.append(np.ascontiguousarray(arr(f"features_layer{layer}.npy"), np.float32))
+        null_arrays = arr("null.npz")
+        volumes = manifest["volumes"]
+        bank = cls(
+            settings=settings,
+            encoder=manifest["encoder"],
+            whiteners=whiteners,
+            vectors=vectors,
+            volume_ids=arr("slice_volume_ids.npy"),
+            slice_indices=arr("slice_indices.npy"),
+            positions=arr("slice_positions.npy"),
+            volumes=[v["path"] for v in volumes],
+            series_uids=[v.get("series_uid", "") for v in volumes],
+            thumbnails=arr("thumbnails.npy"),
+            null=NullModel.from_arrays({k: null_arrays[k] for k in null_arrays.files}),
+            manifest=manifest,
+            path=str(path),
+        )
+        n = len(bank.volume_ids)
+        if any(len(v) != n for v in vectors) or len(bank.slice_indices) != n:
+            raise BankError(f"Bank {path} is inconsistent: its arrays disagree on the slice count.")
+        return bank
+
+    def check_compatible(self, settings: BankSettings | None = None, encoder: dict | None = None):
+        """Refuse to score with an encoder or settings other than the bank's (BankError)."""
+        problems = []
+        if encoder is not None:
+            for key in ("name", "checkpoint_sha256", "image_size", "layers", "config"):
+                mine, theirs = self.encoder.get(key), encoder.get(key)
+                if _normal(mine) != _normal(theirs):
+                    problems.append(f"encoder {key}: bank has {mine!r}, asked for {theirs!r}")
+        if settings is not None:
+            for key in BankSettings.MUST_MATCH:
+                mine, theirs = getattr(self.settings, key), getattr(settings, key)
+                if _normal(mine) != _normal(theirs):
+                    problems.append(f"{key}: bank has {mine!r}, asked for {theirs!r}")
+        if problems:
+            raise BankError(
+                f"The bank {self.path or ''} was built with other settings: "
+                + "; ".join(problems)
+                + ". Score with the bank's settings or rebuild the bank."
+            )
+
+
+def _normal(value):
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    return value
+
+
+# ---- building ----------------------------------------------------------------------------
+
+
+def encoder_for(
+    settings: BankSettings,
+    checkpoint: str | os.PathLike | None,
+    config: EncoderConfig | dict | None = None,
+):
+    """The encoder a bank's settings call for (ViT-B unless a config is given)."""
+    if isinstance(config, dict):
+        config = EncoderConfig.from_dict(config)
+    return build_encoder(
+        checkpoint,
+        image_size=settings.image_size,
+        layers=settings.layers,
+        config=config,
+        seed=settings.seed,
+    )
+
+
+def cross_fitted_null(
+    train: FeatureSet, settings: BankSettings, cancel: CancelCallback | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity of each held-out training slice to a bank of the other volumes.
+
+    Every volume is held out once (settings.calibration_folds folds, split by volume).
+    With query flips the null uses the slices that were also encoded flipped, and takes
+    the best view exactly as scoring does. Returns (similarities, rows of `train`).
+    """
+    n_volumes = len(train.volumes)
+    if settings.flips != ("none",):
+        null_rows = train.flip_rows[settings.flips[1]]
+    else:
+        null_rows = np.arange(len(train))
+    sims = np.zeros(len(null_rows), np.float64)
+    for held_out in volume_folds(n_volumes, settings.calibration_folds, settings.seed):
+        check_cancel(cancel)
+        held = np.isin(train.volume_ids, held_out)
+        in_bank = ~held
+        whiteners = [Whitener.fit(f[in_bank]) for f in train.features]
+        vectors = [w.transform(f[in_bank]) for w, f in zip(whiteners, train.features, strict=True)]
+        indexes = [exact_index(v) for v in vectors]
+        bank_vids = train.volume_ids[in_bank]
+        query_mask = held[null_rows]
+        query_rows = null_rows[query_mask]
+        if len(query_rows) == 0:
+            continue
+        views = []
+        for flip in settings.flips:
+            rows, feats = train.view(flip)
+            pos = np.searchsorted(rows, query_rows) if flip != "none" else query_rows
+            whitened = [w.transform(f[pos]) for w, f in zip(whiteners, feats, strict=True)]
+            m = match_queries(whitened, vectors, indexes, bank_vids, settings.top_k)
+            views.append((np.arange(len(query_rows)), m))
+        best, _ = best_over_views(views, len(query_rows))
+        sims[query_mask] = best.similarity
+    return sims, null_rows
+
+
+def bank_from_features(
+    train: FeatureSet,
+    settings: BankSettings,
+    info: EncoderInfo,
+    cancel: CancelCallback | None = None,
+    extra_manifest: dict | None = None,
+) -> FeatureBank:
+    """Fit whitening on all training slices, calibrate by volume, and assemble the bank."""
+    if len(train) == 0:
+        raise InputError("No usable training slices were found, so no bank can be built.")
+    if len(train.volumes) < 2:
+        raise InputError(
+            f"Only {len(train.volumes)} usable training volume was found; at least 2 are "
+            "needed to calibrate (whole volumes are held out)."
+        )
+    null_sims, _ = cross_fitted_null(train, settings, cancel)
+    null = NullModel.fit(null_sims)
+    whiteners = [Whitener.fit(f) for f in train.features]
+    vectors = [w.transform(f) for w, f in zip(whiteners, train.features, strict=True)]
+    uids = {}
+    for s in train.slices:
+        uids.setdefault(s.volume, s.series_uid)
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "skipped": [asdict(s) for s in train.skipped],
+        "warnings": train.volume_warnings,
+        "untrained_encoder_notice": None if info.trained else info.name,
+    }
+    manifest.update(extra_manifest or {})
+    return FeatureBank(
+        settings=settings,
+        encoder=info.to_dict(),
+        whiteners=whiteners,
+        vectors=vectors,
+        volume_ids=train.volume_ids,
+        slice_indices=np.array([s.slice_index for s in train.slices], np.int64),
+        positions=np.array([s.position for s in train.slices], np.float64).reshape(-1, 3),
+        volumes=list(train.volumes),
+        series_uids=[uids.get(v, "") for v in train.volumes],
+        thumbnails=train.thumbnails,
+        null=null,
+        manifest=manifest,
+    )
+
+
+def build_bank(
+    train_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: BankSettings | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+    encoder_config: EncoderConfig | None = None,
+) -> FeatureBank:
+    """Training folder -> saved bank. Unusable files are skipped and listed in the manifest.
+
+    encoder_config picks another architecture than MRI-CORE's ViT-B (small ones keep tests
+    fast); it is recorded in the bank and used again at scoring time.
+    """
+    settings = settings or BankSettings()
+    sources, skipped = find_scans(train_dir)
+    if not sources:
+        detail = f" ({len(skipped)} files skipped: {skipped[0].reason})" if skipped else ""
+        raise InputError(f"No readable scan was found in {train_dir}{detail}.")
+    encoder, info = encoder_for(settings, checkpoint, encoder_config)
+    extractor = FeatureExtractor(encoder, settings.preprocess_spec(), device, batch_size)
+    train = extract_features(
+        sources,
+        extractor,
+        settings.layers,
+        settings.read_options(),
+        flips=settings.flips,
+        flip_budget=settings.null_max_slices,
+        thumbnail_size=settings.thumbnail_size,
+        progress=progress,
+        cancel=cancel,
+        stage="Encoding training slices",
+    )
+    train.skipped = list(skipped) + train.skipped
+    report(progress, "Calibrating on held-out training volumes", 0, 1)
+    bank = bank_from_features(
+        train, settings, info, cancel, {"training_folder": os.fspath(train_dir)}
+    )
+    report(progress, "Calibrating on held-out training volumes", 1, 1)
+    check_cancel(cancel)
+    bank.save(out_dir)
+    return bank
+
+
+def skipped_from_manifest(manifest: dict) -> list[SkippedInput]:
+    return [SkippedInput(**s) for s in manifest.get("skipped", [])]

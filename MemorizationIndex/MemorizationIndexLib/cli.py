@@ -1,0 +1,242 @@
+"""`memorization-index build-bank | score | demo`: the engine for servers and CI pipelines.
+
+Exit status: 0 on success, 2 on bad usage or unusable input (with a message that names
+the file or option at fault), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import MemorizationIndexError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class TqdmProgress:
+    """One tqdm bar per stage, on stderr; silent when --quiet."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total or None, desc=stage, unit="vol", file=sys.stderr)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--layers takes block indices like 3,7,11 (got {text!r})"
+        ) from exc
+
+
+def _flips(text: str) -> tuple[str, ...]:
+    from .preprocessing import FLIPS
+
+    names = tuple(x for x in text.replace(" ", "").split(",") if x)
+    for name in names:
+        if name not in FLIPS:
+            raise argparse.ArgumentTypeError(
+                f"--flips takes names from {', '.join(FLIPS)} (got {name!r})"
+            )
+    return names or ("none",)
+
+
+def _encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        help="MRI-CORE checkpoint (.pth). Without it an untrained encoder runs (testing only).",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
+    p.add_argument("--batch-size", type=int, default=32, help="slices per encoder batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memorization-index",
+        description="Find training scans that leak out of a generative MRI model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
+    b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
+    b.add_argument("--out", required=True, help="bank folder to write")
+    _encoder_options(b)
+    b.add_argument("--image-size", type=int, default=224, help="encoder input size in pixels")
+    b.add_argument("--layers", type=_layers, default=(3, 7, 11), help="encoder blocks, e.g. 3,7,11")
+    b.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
+    b.add_argument("--stride", type=int, default=1, help="keep every n-th foreground slice")
+    b.add_argument(
+        "--flips",
+        type=_flips,
+        default=("none", "hflip", "vflip"),
+        help="query-time views, from none,hflip,vflip,hvflip (default none,hflip,vflip)",
+    )
+    b.add_argument("--top-k", type=int, default=10, help="candidates per layer")
+    b.add_argument(
+        "--calibration-folds",
+        type=int,
+        default=5,
+        help="held-out share of training volumes = 1/folds; every volume is held out once",
+    )
+    b.add_argument("--null-max-slices", type=int, default=3000)
+    b.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("score", help="score synthetic scans against a bank")
+    s.add_argument("bank_dir", help="bank folder written by build-bank")
+    s.add_argument("synth_dir", help="folder (or one file) of synthetic scans")
+    s.add_argument("--out", required=True, help="report folder to write")
+    _encoder_options(s)
+    s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
+    s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
+
+    d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
+    d.add_argument("--out", default="demo-output", help="folder for the cohort, bank and report")
+    _encoder_options(d)
+    d.add_argument("--image-size", type=int, default=112, help="encoder input size (demo: 112)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    progress = TqdmProgress(args.quiet)
+    try:
+        if args.command == "build-bank":
+            return _build_bank(args, progress)
+        if args.command == "score":
+            return _score(args, progress)
+        from .demo import run_demo
+
+        return run_demo(
+            Path(args.out),
+            checkpoint=args.checkpoint,
+            device=args.device,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            progress=progress,
+        )
+    except MemorizationIndexError as exc:
+        progress.close()
+        print(f"memorization-index: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        progress.close()
+        print("memorization-index: interrupted; nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        progress.close()
+
+
+def _build_bank(args, progress) -> int:
+    from .bank import BankSettings, build_bank
+
+    settings = BankSettings(
+        image_size=args.image_size,
+        layers=args.layers,
+        axis=args.axis,
+        stride=args.stride,
+        flips=args.flips,
+        top_k=args.top_k,
+        calibration_folds=args.calibration_folds,
+        null_max_slices=args.null_max_slices,
+        seed=args.seed,
+    )
+    bank = build_bank(
+        args.train_dir,
+        args.out,
+        settings,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
+    progress.close()
+    m = bank.manifest
+    print(f"Encoder: {bank.encoder['name']}")
+    print(
+        f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {args.out} "
+        f"({len(m.get('skipped', []))} inputs skipped)"
+    )
+    for s in m.get("skipped", []):
+        print(f"  skipped {s['path']}: {s['reason']}")
+    c = bank.null.summary()
+    print(
+        f"Null: {c['n_null_slices']} held-out slices, similarity median {c['null_median']:.4f}, "
+        f"99th percentile {c['null_q99']:.4f}"
+    )
+    return EXIT_OK
+
+
+def _score(args, progress) -> int:
+    from .bank import FeatureBank
+    from .report import write_report
+    from .scoring import score
+
+    bank = FeatureBank.load(args.bank_dir)
+    result = score(
+        bank,
+        args.synth_dir,
+        alpha=args.alpha,
+        stride=args.stride,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
+    write_report(result, bank, args.out)
+    progress.close()
+    print_verdicts(result)
+    print(f"Report: {Path(args.out) / 'report.html'}")
+    return EXIT_OK
+
+
+def print_verdicts(result) -> None:
+    s = result.summary
+    print(f"Encoder: {s['encoder']['name']}")
+    print(f"{'volume':<48} {'verdict':<7} {'MI':>9} {'ONI':>7} {'flagged':>8} {'run':>4}  match")
+    for v in sorted(result.volumes, key=lambda v: -v["mi"]):
+        name = v["volume"] if len(v["volume"]) <= 48 else "..." + v["volume"][-45:]
+        print(
+            f"{name:<48} {'COPY' if v['flagged'] else 'novel':<7} {v['mi']:>9.6f} "
+            f"{v['oni']:>+7.3f} {v['fraction_flagged']:>8.2f} {v['longest_run']:>4}  "
+            f"{Path(v['match_volume']).name}"
+        )
+    print(
+        f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes flagged; "
+        f"{s['n_slices_flagged']} of {s['n_slices']} slices (alpha {s['alpha']})."
+    )
+    for sk in result.skipped:
+        print(f"  skipped {sk.path}: {sk.reason}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

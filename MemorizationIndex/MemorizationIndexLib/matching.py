@@ -1,0 +1,129 @@
+"""Nearest training slices for query slices: per-layer exact search, then one consistent match.
+
+Used the same way by calibration (held-out training volumes against the rest) and by
+scoring (synthetic slices against the whole bank), so the null and the scores are
+computed by one piece of code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+# Cosines are clipped here before the geometric mean, as in the paper.
+COSINE_FLOOR = 1e-6
+
+
+def exact_index(vectors: np.ndarray) -> faiss.Index:
+    """Exact inner-product index over unit vectors (inner product = cosine)."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+@dataclass
+class Matches:
+    """Best training slice for each query and the evidence around it (all arrays [n, ...])."""
+
+    similarity: np.ndarray  # geometric mean over layers of the best candidate's cosines
+    match: np.ndarray  # bank row of the best candidate
+    layer_cosine: np.ndarray  # [n, L] cosines of the best candidate per layer
+    layer_top1: np.ndarray  # [n, L] per-layer top-1 cosine (any training slice)
+    margin: np.ndarray  # similarity - best similarity from another training volume
+    agreement: np.ndarray  # share of layers whose own top-1 is the chosen match
+    topk: np.ndarray  # [n, k] bank rows of the best candidates, best first
+    topk_similarity: np.ndarray  # [n, k]
+
+
+def geometric_mean(cosines: np.ndarray) -> np.ndarray:
+    return np.exp(np.log(np.clip(cosines, COSINE_FLOOR, 1.0)).mean(axis=-1))
+
+
+def match_queries(
+    queries: list[np.ndarray],
+    bank: list[np.ndarray],
+    indexes: list[faiss.Index],
+    bank_volume_ids: np.ndarray,
+    k: int = 10,
+) -> Matches:
+    """Candidates = union of each layer's top-k; each is scored on every layer; best wins.
+
+    A copy matches one training slice in every layer; a novel slice's per-layer nearest
+    neighbours scatter, so scoring one candidate across all layers separates them better
+    than the paper's independent per-layer top-1.
+    """
+    n = len(queries[0])
+    n_layers = len(queries)
+    k = max(1, min(k, len(bank[0])))
+    per_layer_ids = []
+    top1 = np.zeros((n, n_layers), np.float32)
+    for layer, (q, index) in enumerate(zip(queries, indexes, strict=True)):
+        sims, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        per_layer_ids.append(ids)
+        top1[:, layer] = sims[:, 0]
+    candidates = np.concatenate(per_layer_ids, axis=1)  # [n, L*k]
+    cos = np.stack(
+        [np.einsum("nd,ncd->nc", q, b[candidates]) for q, b in zip(queries, bank, strict=True)],
+        axis=-1,
+    )  # [n, L*k, L]
+    scores = geometric_mean(cos)
+    # Duplicate candidates (found by several layers) score the same; keep the first.
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    ranked_scores = np.take_along_axis(scores, order, axis=1)
+    best = ranked[:, 0]
+    best_pos = order[:, 0]
+    layer_cos = cos[np.arange(n), best_pos]
+
+    topk = np.zeros((n, k), np.int64)
+    topk_sim = np.zeros((n, k), np.float32)
+    margin = np.zeros(n, np.float32)
+    for i in range(n):
+        _, first = np.unique(ranked[i], return_index=True)
+        first.sort()
+        rows = ranked[i][first][:k]
+        topk[i, : len(rows)] = rows
+        topk_sim[i, : len(rows)] = ranked_scores[i][first][:k]
+        if len(rows) < k:
+            topk[i, len(rows) :] = rows[-1]
+            topk_sim[i, len(rows) :] = topk_sim[i, len(rows) - 1]
+        other = bank_volume_ids[ranked[i]] != bank_volume_ids[best[i]]
+        runner_up = ranked_scores[i][other][0] if other.any() else 0.0
+        margin[i] = ranked_scores[i, 0] - runner_up
+    agreement = np.stack([ids[:, 0] == best for ids in per_layer_ids], axis=1).mean(axis=1)
+    return Matches(
+        similarity=ranked_scores[:, 0].astype(np.float64),
+        match=best,
+        layer_cosine=layer_cos.astype(np.float32),
+        layer_top1=top1,
+        margin=margin,
+        agreement=agreement.astype(np.float32),
+        topk=topk,
+        topk_similarity=topk_sim,
+    )
+
+
+def best_over_views(views: list[tuple[np.ndarray, Matches]], n: int) -> tuple[Matches, np.ndarray]:
+    """Per query, the view (flip) with the highest similarity; returns merged matches + view id.
+
+    `views` holds (rows, matches) for each view; the identity view must cover every row.
+    """
+    base_rows, base = views[0]
+    assert len(base_rows) == n
+    chosen = np.zeros(n, np.int64)
+    merged = Matches(**{name: np.array(value) for name, value in vars(base).items()})
+    for view_id, (rows, m) in enumerate(views[1:], start=1):
+        better = m.similarity > merged.similarity[rows]
+        target = rows[better]
+        chosen[target] = view_id
+        for name, value in vars(m).items():
+            getattr(merged, name)[target] = value[better]
+    return merged, chosen
+
+
+def concat_matches(parts: list[Matches]) -> Matches:
+    return Matches(
+        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in vars(parts[0])}
+    )

@@ -1,0 +1,92 @@
+"""Slice preprocessing as MRI-CORE was trained: min-max, square grid, 3 channels, ImageNet stats.
+
+Slices keep their physical aspect ratio: each is scaled so its longer physical side fills
+the encoder grid and is centred on a zero (background) canvas, so an anisotropic or
+non-square slice is not stretched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Query-time flips: name -> the array axes to reverse on a [rows, cols] slice.
+FLIPS = {"none": (), "hflip": (1,), "vflip": (0,), "hvflip": (0, 1)}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that changes what the encoder sees; stored in the bank to refuse mismatches."""
+
+    image_size: int = 224
+    intensity: str = "min-max per slice"
+    channels: int = 3
+    normalisation: str = "ImageNet mean/std"
+    aspect: str = "physical aspect kept, centred on a zero canvas"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def min_max(slice_2d: np.ndarray) -> np.ndarray:
+    """Scale one slice to [0, 1]; a constant slice becomes zeros."""
+    lo = float(np.min(slice_2d))
+    hi = float(np.max(slice_2d))
+    if hi <= lo:
+        return np.zeros_like(slice_2d, dtype=np.float32)
+    return ((slice_2d - lo) / (hi - lo)).astype(np.float32)
+
+
+def fit_to_grid(slices: np.ndarray, pixel_spacing: tuple[float, float], size: int) -> torch.Tensor:
+    """Resize a stack [n, rows, cols] in [0, 1] onto a [n, size, size] canvas, aspect kept."""
+    n, rows, cols = slices.shape
+    height_mm = rows * float(pixel_spacing[0])
+    width_mm = cols * float(pixel_spacing[1])
+    scale = size / max(height_mm, width_mm)
+    new_rows = max(1, min(size, round(height_mm * scale)))
+    new_cols = max(1, min(size, round(width_mm * scale)))
+    x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)).unsqueeze(1)
+    antialias = new_rows < rows or new_cols < cols
+    x = F.interpolate(
+        x, size=(new_rows, new_cols), mode="bilinear", align_corners=False, antialias=antialias
+    )
+    canvas = torch.zeros((n, size, size), dtype=torch.float32)
+    top = (size - new_rows) // 2
+    left = (size - new_cols) // 2
+    canvas[:, top : top + new_rows, left : left + new_cols] = x[:, 0].clamp_(0.0, 1.0)
+    return canvas
+
+
+def to_encoder_input(canvas: torch.Tensor) -> torch.Tensor:
+    """[n, S, S] in [0, 1] -> [n, 3, S, S] normalised with ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=canvas.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=canvas.dtype).view(1, 3, 1, 1)
+    return (canvas.unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
+
+
+def prepare_slices(
+    slices: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    spec: PreprocessSpec,
+    flip: str = "none",
+) -> torch.Tensor:
+    """The whole chain for a stack of raw slices: [n, rows, cols] -> [n, 3, S, S]."""
+    scaled = np.stack([min_max(s) for s in slices]) if len(slices) else slices
+    if FLIPS[flip]:
+        scaled = np.flip(scaled, axis=tuple(a + 1 for a in FLIPS[flip]))
+    return to_encoder_input(fit_to_grid(scaled, pixel_spacing, spec.image_size))
+
+
+def thumbnails(slices: np.ndarray, pixel_spacing: tuple[float, float], size: int) -> np.ndarray:
+    """Small uint8 copies of slices (min-max scaled, aspect kept) for reports and checks."""
+    if len(slices) == 0:
+        return np.zeros((0, size, size), dtype=np.uint8)
+    scaled = np.stack([min_max(s) for s in slices])
+    canvas = fit_to_grid(scaled, pixel_spacing, size).numpy()
+    return np.round(canvas * 255.0).astype(np.uint8)

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real-MRI example cohort and a small encoder for plumbing tests."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def tiny_encoder_config():
+    """A 4-block ViT in MRI-CORE's layout: the same code paths at a fraction of the cost."""
+    from MemorizationIndexLib.encoder import EncoderConfig
+
+    return EncoderConfig(
+        embed_dim=64, depth=4, num_heads=4, window_size=2, global_attn_blocks=(1, 3)
+    )
+
+
+TINY_LAYERS = (1, 2, 3)
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """6 training subjects, 3 novel ones and 3 augmented copies, 3 mm MNI152-based NIfTI."""
+    from MemorizationIndexLib.cohort import make_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    members = make_cohort(
+        root, n_train=6, n_novel=3, copies=("noise-0.02", "hflip", "intensity"), spacing_mm=3.0
+    )
+    return root, members
+
+
+@pytest.fixture(scope="session")
+def small_bank(small_cohort, tmp_path_factory):
+    from MemorizationIndexLib.bank import BankSettings, build_bank
+
+    root, _ = small_cohort
+    out = tmp_path_factory.mktemp("bank") / "bank"
+    settings = BankSettings(image_size=64, layers=TINY_LAYERS, stride=2, calibration_folds=3)
+    bank = build_bank(
+        root / "train", out, settings, device="cpu", encoder_config=tiny_encoder_config()
+    )
+    return bank, out

@@ -1,0 +1,103 @@
+"""The command line: exit codes, messages that name the fault, files written."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from MemorizationIndexLib.cli import main
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    assert "build-bank" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+
+
+def test_bad_usage_exits_2(capsys, tmp_path):
+    assert main(["score"]) == 2
+    assert main(["build-bank", str(tmp_path), "--out", str(tmp_path / "b"), "--layers", "x"]) == 2
+    assert "--layers" in capsys.readouterr().err
+
+
+def test_unusable_input_exits_2_with_the_path(capsys, tmp_path):
+    assert main(["build-bank", str(tmp_path), "--out", str(tmp_path / "bank")]) == 2
+    err = capsys.readouterr().err
+    assert "No readable scan" in err and str(tmp_path) in err
+    assert main(["score", str(tmp_path / "nobank"), str(tmp_path), "--out", "x"]) == 2
+    assert "nobank" in capsys.readouterr().err
+    assert main(["build-bank", str(tmp_path), "--out", "b", "--stride", "0"]) == 2
+    assert "stride" in capsys.readouterr().err
+
+
+def test_build_bank_with_the_real_vit_b(small_cohort, tmp_path, capsys):
+    """build-bank on the real ViT-B architecture, few slices at a small image size."""
+    root, _ = small_cohort
+    train = tmp_path / "train"
+    train.mkdir()
+    for path in sorted((root / "train").iterdir())[:3]:
+        shutil.copy(path, train / path.name)
+    (train / "notes.txt").write_text("not a scan")
+    bank = tmp_path / "bank"
+    code = main(
+        ["build-bank", str(train), "--out", str(bank), "--image-size", "32", "--stride", "6"]
+        + ["--device", "cpu", "--quiet"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "untrained ViT-B/16" in out and "Bank:" in out and "3 volumes" in out
+    assert "notes.txt" in out  # skipped and said so
+    manifest = json.loads((bank / "manifest.json").read_text())
+    assert manifest["encoder"]["config"]["embed_dim"] == 768
+    assert manifest["skipped"][0]["path"].endswith("notes.txt")
+
+
+def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
+    root, _ = small_cohort
+    _, bank = small_bank
+    report = tmp_path / "report"
+    code = main(
+        ["score", str(bank), str(root / "synthetic"), "--out", str(report), "--stride", "2"]
+        + ["--quiet"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "3 of 6 volumes flagged" in out and "report.html" in out
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n_volumes"] == 6
+    assert {p.name for p in report.iterdir()} == {
+        "slices.csv",
+        "volumes.csv",
+        "summary.json",
+        "report.html",
+    }
+
+
+def test_python_dash_m_is_the_same_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "MemorizationIndexLib", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and "memorization-index" in proc.stdout
+
+
+@pytest.mark.parametrize("alpha", ["0", "1.5"])
+def test_alpha_out_of_range(small_cohort, small_bank, tmp_path, capsys, alpha):
+    root, _ = small_cohort
+    _, bank = small_bank
+    code = main(
+        [
+            "score",
+            str(bank),
+            str(root / "synthetic"),
+            "--out",
+            str(tmp_path / "r"),
+            "--alpha",
+            alpha,
+            "--quiet",
+        ]
+    )
+    assert code == 2 and "--alpha" in capsys.readouterr().err

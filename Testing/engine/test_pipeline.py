@@ -1,0 +1,140 @@
+"""Bank building and scoring end to end on real-MRI volumes (small encoder, small images)."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from MemorizationIndexLib.bank import BankSettings, FeatureBank, build_bank
+from MemorizationIndexLib.errors import BankError, CancelledError, InputError
+from MemorizationIndexLib.report import (
+    SLICE_COLUMNS_REQUIRED,
+    VOLUME_COLUMNS_REQUIRED,
+    write_report,
+)
+from MemorizationIndexLib.scoring import longest_ordered_run, score, simes_p_value
+
+
+@pytest.fixture(scope="module")
+def result(small_cohort, small_bank):
+    root, _ = small_cohort
+    bank, _ = small_bank
+    return score(bank, root / "synthetic", stride=2, device="cpu")
+
+
+def truth_of(members):
+    return {m.path: m for m in members}
+
+
+def test_copies_are_flagged_and_novel_subjects_are_not(small_cohort, result):
+    _, members = small_cohort
+    truth = truth_of(members)
+    for v in result.volumes:
+        m = truth[v["volume"]]
+        if m.role == "copy":
+            assert v["flagged"], (m.augmentation, v)
+            assert Path(v["match_volume"]).name == Path(m.source).name
+            assert v["fraction_flagged"] > 0.8
+            assert v["longest_run"] >= 5
+        else:
+            assert not v["flagged"], v
+            assert v["fraction_flagged"] < 0.2
+
+
+def test_flipped_copy_is_matched_through_the_flip_view(small_cohort, result):
+    _, members = small_cohort
+    truth = truth_of(members)
+    flipped = [v for v in result.volumes if truth[v["volume"]].augmentation == "hflip"]
+    assert flipped and flipped[0]["transform"] == "hflip"
+    rows = [r for r in result.slices if r["volume"] == flipped[0]["volume"] and r["flagged"]]
+    assert all(r["transform"] == "hflip" for r in rows)
+    # An exact (flipped) copy: the matched training slice is the same slice index.
+    assert all(r["match_slice"] == r["slice_index"] for r in rows)
+
+
+def test_slice_evidence_is_consistent(result):
+    for r in result.slices:
+        assert 0.0 <= r["mi"] <= 1.0 and -1.0 <= r["oni"] <= 1.0
+        assert r["mi"] == pytest.approx(1.0 - r["p_value"])
+        assert r["flagged"] == (r["p_value"] <= result.alpha)
+        assert 0.0 <= r["agreement"] <= 1.0
+        assert r["top_matches"].count(";") == 2
+
+
+def test_outputs_follow_the_column_contract(small_bank, result, tmp_path):
+    bank, _ = small_bank
+    out = write_report(result, bank, tmp_path / "report")
+    with open(out / "slices.csv") as f:
+        header = next(csv.reader(f))
+    assert set(SLICE_COLUMNS_REQUIRED) <= set(header)
+    with open(out / "volumes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(VOLUME_COLUMNS_REQUIRED) <= set(rows[0])
+    assert len(rows) == len(result.volumes)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["untrained_encoder"] is True
+    assert "untrained" in summary["encoder"]["name"]
+    assert summary["n_volumes"] == 6 and "calibration" in summary and "skipped" in summary
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 * 3
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained: nothing fetched
+    assert "untrained encoder" in html
+    assert not list(tmp_path.glob(".report.partial-*"))
+
+
+def test_bank_round_trip_gives_the_same_scores(small_cohort, small_bank, result):
+    root, _ = small_cohort
+    _, path = small_bank
+    again = score(FeatureBank.load(path), root / "synthetic", stride=2, device="cpu")
+    assert np.allclose(
+        [r["similarity"] for r in again.slices], [r["similarity"] for r in result.slices]
+    )
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["encoder"]["trained"] is False
+    assert manifest["settings"]["layers"] == [1, 2, 3]
+    assert len(manifest["volumes"]) == 6
+    assert not list(Path(path).glob("*.pkl"))
+
+
+def test_bank_refuses_other_settings_and_encoders(small_bank, tmp_path):
+    bank, _ = small_bank
+    with pytest.raises(BankError, match="image_size"):
+        bank.check_compatible(BankSettings(image_size=224, layers=(1, 2, 3)))
+    with pytest.raises(BankError, match="untrained encoder"):
+        score(bank, tmp_path, checkpoint=tmp_path / "mri_core.pth")
+    other = dict(bank.encoder, checkpoint_sha256="0" * 64, name="MRI-CORE ViT-B/16")
+    with pytest.raises(BankError, match="checkpoint_sha256"):
+        bank.check_compatible(encoder=other)
+
+
+def test_cancel_leaves_nothing_half_written(small_cohort, small_bank, tmp_path):
+    root, _ = small_cohort
+    existing = tmp_path / "bank"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("old bank")
+    with pytest.raises(CancelledError):
+        build_bank(root / "train", existing, BankSettings(image_size=32), cancel=lambda: True)
+    assert (existing / "keep.txt").read_text() == "old bank"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
+
+
+def test_unusable_training_folders_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="No readable scan"):
+        build_bank(tmp_path, tmp_path / "bank", BankSettings(image_size=32))
+    with pytest.raises(InputError, match=str(tmp_path / "missing")):
+        build_bank(tmp_path / "missing", tmp_path / "bank", BankSettings(image_size=32))
+    assert not (tmp_path / "bank").exists()
+
+
+def test_simes_and_runs():
+    assert simes_p_value(np.array([0.5, 0.01, 0.9])) == pytest.approx(0.03)
+    assert simes_p_value(np.array([])) == 1.0
+    vids = np.array([0] * 10 + [1] * 10)
+    flagged = np.array([True, True, True, False, True, True])
+    # rows 2,3,4 consecutive in volume 0; then a gap; then 15,14 (reversed, volume 1)
+    assert longest_ordered_run(flagged, np.array([2, 3, 4, 9, 15, 14]), vids) == 3
+    # 9 -> 10 crosses from volume 0 to volume 1: the run restarts there.
+    assert longest_ordered_run(np.ones(3, bool), np.array([9, 10, 11]), vids) == 2
