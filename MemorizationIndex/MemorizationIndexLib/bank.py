@@ -45,6 +45,7 @@ class BankSettings:
     calibration_folds: int = 5
     null_max_slices: int = 3000
     thumbnail_size: int = 64
+    denoise_sigma: float = 1.0
     seed: int = 0
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips")
@@ -66,6 +67,8 @@ class BankSettings:
             raise SettingsError(
                 f"--calibration-folds must be at least 2 (got {self.calibration_folds})."
             )
+        if self.denoise_sigma < 0:
+            raise SettingsError(f"--denoise-sigma must be >= 0 (got {self.denoise_sigma}).")
         if self.null_max_slices < 100:
             raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
         self.read_options()  # validates axis, stride, min_foreground
@@ -74,7 +77,7 @@ class BankSettings:
         return ReadOptions(axis=self.axis, stride=self.stride, min_foreground=self.min_foreground)
 
     def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(image_size=self.image_size)
+        return PreprocessSpec(image_size=self.image_size, denoise_sigma=self.denoise_sigma)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,6 +170,8 @@ class FeatureBank:
                     "engine_version": __version__,
                     "encoder": self.encoder,
                     "settings": self.settings.to_dict(),
+                    "preprocessing": self.settings.preprocess_spec().to_dict(),
+                    "slice_reading": asdict(self.settings.read_options()),
                     "n_slices": len(self),
                     "volumes": [
                         {"path": p, "series_uid": u}
@@ -349,13 +354,14 @@ def bank_from_features(
     null = NullModel.fit(null_sims)
     whiteners = [Whitener.fit(f) for f in train.features]
     vectors = [w.transform(f) for w, f in zip(whiteners, train.features, strict=True)]
-    uids = {}
-    for s in train.slices:
-        uids.setdefault(s.volume, s.series_uid)
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "skipped": [asdict(s) for s in train.skipped],
-        "warnings": train.volume_warnings,
+        "warnings": {
+            f"{v} {u}".strip(): w
+            for v, u, w in zip(train.volumes, train.series_uids, train.volume_warnings, strict=True)
+            if w
+        },
         "untrained_encoder_notice": None if info.trained else info.name,
     }
     manifest.update(extra_manifest or {})
@@ -368,7 +374,7 @@ def bank_from_features(
         slice_indices=np.array([s.slice_index for s in train.slices], np.int64),
         positions=np.array([s.position for s in train.slices], np.float64).reshape(-1, 3),
         volumes=list(train.volumes),
-        series_uids=[uids.get(v, "") for v in train.volumes],
+        series_uids=list(train.series_uids),
         thumbnails=train.thumbnails,
         null=null,
         manifest=manifest,

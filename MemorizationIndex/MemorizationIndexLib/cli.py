@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out share of training volumes = 1/folds; every volume is held out once",
     )
     b.add_argument("--null-max-slices", type=int, default=3000)
+    b.add_argument(
+        "--denoise-sigma",
+        type=float,
+        default=1.0,
+        help="Gaussian pre-filter in source pixels (0 = MRI-CORE's chain exactly)",
+    )
     b.add_argument("--seed", type=int, default=0)
 
     s = sub.add_parser("score", help="score synthetic scans against a bank")
@@ -168,6 +174,7 @@ def _build_bank(args, progress) -> int:
         top_k=args.top_k,
         calibration_folds=args.calibration_folds,
         null_max_slices=args.null_max_slices,
+        denoise_sigma=args.denoise_sigma,
         seed=args.seed,
     )
     bank = build_bank(

@@ -16,7 +16,14 @@ import torch
 from .errors import InputError, SettingsError
 from .preprocessing import FLIPS, PreprocessSpec, prepare_slices, thumbnails
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
-from .scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, SliceInfo, read_scan
+from .scans import (
+    ReadOptions,
+    ScanSource,
+    ScanVolume,
+    SkippedInput,
+    SliceInfo,
+    read_scan_reporting,
+)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -93,7 +100,8 @@ class FeatureSet:
     slices: list[SliceInfo]
     volume_ids: np.ndarray
     volumes: list[str]
-    volume_warnings: dict[str, list[str]]
+    series_uids: list[str]
+    volume_warnings: list[list[str]]
     thumbnails: np.ndarray
     skipped: list[SkippedInput] = field(default_factory=list)
     volume_data: list[ScanVolume] | None = None
@@ -146,32 +154,32 @@ def extract_features(
     infos: list[SliceInfo] = []
     volume_ids: list[np.ndarray] = []
     volume_names: list[str] = []
-    warnings: dict[str, list[str]] = {}
+    volume_uids: list[str] = []
+    warnings: list[list[str]] = []
     thumbs: list[np.ndarray] = []
     skipped: list[SkippedInput] = []
     kept_volumes: list[ScanVolume] = []
     offset = 0
 
-    def load(source):
+    def load(source) -> tuple[ScanVolume | None, list[SkippedInput]]:
         if isinstance(source, ScanVolume):
-            return source
+            return source, []
         try:
-            return read_scan(source, read_options)
+            return read_scan_reporting(source, read_options)
         except InputError as exc:
-            return SkippedInput(source.path, str(exc))
+            return None, [SkippedInput(source.path, str(exc))]
 
     report(progress, stage, 0, len(sources))
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, sources[0]) if sources else None
         for i in range(len(sources)):
             check_cancel(cancel)
-            item = pending.result()
+            volume, dropped = pending.result()
             pending = pool.submit(load, sources[i + 1]) if i + 1 < len(sources) else None
-            if isinstance(item, SkippedInput):
-                skipped.append(item)
+            skipped.extend(dropped)
+            if volume is None:
                 report(progress, stage, i + 1, len(sources))
                 continue
-            volume = item
             layer_feats = extractor.slice_features(volume)
             for store, feats in zip(per_layer, layer_feats, strict=True):
                 store.append(feats)
@@ -185,8 +193,8 @@ def extract_features(
             infos.extend(volume.slice_infos())
             volume_ids.append(np.full(len(volume), len(volume_names), dtype=np.int64))
             volume_names.append(volume.source)
-            if volume.warnings:
-                warnings[volume.source] = list(volume.warnings)
+            volume_uids.append(volume.series_uid)
+            warnings.append(list(volume.warnings))
             thumbs.append(thumbnails(volume.slices, volume.pixel_spacing, thumbnail_size))
             if keep_volumes:
                 kept_volumes.append(volume)
@@ -209,6 +217,7 @@ def extract_features(
         slices=infos,
         volume_ids=np.concatenate(volume_ids) if volume_ids else np.zeros(0, np.int64),
         volumes=volume_names,
+        series_uids=volume_uids,
         volume_warnings=warnings,
         thumbnails=(
             np.concatenate(thumbs)

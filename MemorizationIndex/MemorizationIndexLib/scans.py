@@ -49,7 +49,7 @@ class ReadOptions:
     """How slices are taken from a volume; checked here so a bad value fails before any read."""
 
     axis: str = "axial"
-    stride: int = 1  # keep every stride-th foreground slice
+    stride: int = 1  # keep the foreground slices whose index is a multiple of stride
     min_foreground: float = 0.05  # a slice with a smaller share of foreground pixels is background
 
     def __post_init__(self) -> None:
@@ -844,7 +844,9 @@ def _canonical_volume(
             f"{options.min_foreground:.0%} of its pixels above the background threshold "
             f"({threshold:.4g})."
         )
-    kept = foreground[:: options.stride].astype(np.int64)
+    # The stride is anchored to the slice grid, not to the first foreground slice, so that a
+    # copy whose background differs (added noise) is sampled at the same slices as its source.
+    kept = foreground[foreground % options.stride == 0].astype(np.int64)
 
     if axis == 0:
         slices = values[kept]

@@ -148,6 +148,7 @@ def score_features(
         volume_rows.append(
             {
                 "volume": name,
+                "series_uid": queries.series_uids[vid],
                 "n_slices": int(len(rows)),
                 "mi": 1.0 - vol_p,
                 "p_value": vol_p,
@@ -160,7 +161,7 @@ def score_features(
                 "longest_run": int(run),
                 "transform": max(set(transforms), key=transforms.count) if transforms else "",
                 "flagged": bool(vol_p <= alpha),
-                "warnings": " | ".join(queries.volume_warnings.get(name, [])),
+                "warnings": " | ".join(queries.volume_warnings[vid]),
             }
         )
 
