@@ -1,0 +1,67 @@
+"""Shared helpers of the Slicer-side tests: generated scans and scene contents.
+
+Kept out of conftest.py so test modules can import them by a unique module name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+MODULE_DIR = Path(__file__).resolve().parents[2] / "MemorizationIndex"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+import slicer  # noqa: E402  (slicer-core)
+import slicer.util  # noqa: E402
+
+# Geometry of the generated scans: [z, y, x] voxels, spacing (x, y, z) mm.
+SHAPE = (12, 40, 48)
+SPACING = (1.0, 1.2, 2.0)
+SLICE_VIEWS = ("Red", "Yellow")
+
+
+def tiny_bank_settings():
+    """Fast but complete: the real ViT-B, first two blocks, 32 px, query flip hflip."""
+    from MemorizationIndexLib.bank import BankSettings
+
+    return BankSettings(image_size=32, layers=(1,), flips=("none", "hflip"), null_max_slices=100)
+
+
+def random_scan(rng) -> np.ndarray:
+    """Smooth random 'anatomy' with structure at every scale and no symmetry."""
+    voxels = rng.normal(size=SHAPE).cumsum(1).cumsum(2).astype(np.float32)
+    voxels += np.linspace(0, 30, SHAPE[2], dtype=np.float32)[None, None, :]
+    voxels -= voxels.min()
+    return voxels
+
+
+@dataclass
+class TrainingSet:
+    folder: Path
+    canonical: list  # each volume's voxels as the engine sees them (LPS, [z, y, x])
+    paths: list
+
+
+def add_volume(scene, voxels, name="synthetic", origin_lps=(0.0, 0.0, 0.0)):
+    """A scalar volume node on an LPS-aligned grid with the scans' spacing."""
+    ijk_to_ras = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])
+    ijk_to_ras[:3, 3] = [-origin_lps[0], -origin_lps[1], origin_lps[2]]
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, voxels)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def synthetic_with_copy(training_set, source=1, source_slice=7, target_slice=5, flip=False, seed=9):
+    """A novel volume with one training slice pasted in (as the engine displays it)."""
+    voxels = random_scan(np.random.default_rng(seed))
+    pasted = training_set.canonical[source][source_slice]
+    voxels[target_slice] = pasted[:, ::-1] if flip else pasted
+    return voxels
