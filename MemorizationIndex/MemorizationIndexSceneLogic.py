@@ -26,7 +26,7 @@ import vtk
 
 MODULE_NAME = "MemorizationIndex"
 SLICE_TABLE_NAME = "MemorizationIndex slices"
-PLOT_TABLE_NAME = "MemorizationIndex MI along slices"
+PLOT_TABLE_NAME = "MemorizationIndex MI plot table"
 PLOT_CHART_NAME = "MemorizationIndex MI along slices"
 MATCH_TRANSFORM_NAME = "MemorizationIndex match placement"
 ORIENTATION_OF_AXIS = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
@@ -133,27 +133,79 @@ def matchPlacementMatrix(
     matchDirectionLPS,
     axis,
     flip="none",
+    angleDeg=0.0,
+    scale=1.0,
+    shiftMM=(0.0, 0.0),
 ):
     """4x4 RAS matrix that puts the matched training slice onto the synthetic slice.
 
     Maps the training slice's centre to the synthetic slice's centre and its in-plane frame
-    onto the synthetic one, mirrored about the centre when the match was found through a
-    flipped query view (training = flip(synthetic), so synthetic = flip(training)).
-    Directions are the canonical (reoriented) ones of each volume.
+    onto the synthetic one, through the engine's pose of the match in display coordinates
+    (columns, rows; centred): y = R(angle) * scale * Flip * x + shift, the flip taken about
+    the slice centre. Without verification the pose is just the query view's flip
+    (training = flip(synthetic), so synthetic = flip(training)). The normal is kept, so
+    neighbouring training slices stay one slice spacing away. Directions are the canonical
+    (reoriented) ones of each volume.
     """
     if flip not in FLIP_SIGNS:
         raise ValueError(f"Unknown flip {flip!r}; choose from {', '.join(FLIP_SIGNS)}.")
     frameS = sliceFrame(syntheticDirectionLPS, axis)
     frameT = sliceFrame(matchDirectionLPS, axis)
-    mirror = np.diag([*FLIP_SIGNS[flip], 1.0])
-    rotationLPS = frameS @ mirror @ frameT.T
-    cS = np.asarray(syntheticCentreLPS, float)
+    a = np.radians(float(angleDeg))
+    inPlane = (
+        np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        * float(scale)
+        @ np.diag(FLIP_SIGNS[flip])
+    )
+    local = np.eye(3)
+    local[:2, :2] = inPlane
+    rotationLPS = frameS @ local @ frameT.T
+    cS = np.asarray(syntheticCentreLPS, float) + frameS[:, :2] @ np.asarray(shiftMM, float)
     cT = np.asarray(matchCentreLPS, float)
     lps = np.eye(4)
     lps[:3, :3] = rotationLPS
     lps[:3, 3] = cS - rotationLPS @ cT
     flipRAS = np.diag([-1.0, -1.0, 1.0, 1.0])
     return flipRAS @ lps @ flipRAS
+
+
+def poseOfRow(row):
+    """(flip, angle in degrees, thumbnail-pixel scale, (shift columns, shift rows) mm, verified).
+
+    Rows scored with verification carry the aligned pose of the match; rows of a bank
+    without it carry only the flip of the query view that matched.
+    """
+    flip = row.get("transform") or "none"
+    verified = "verified_ncc" in row and np.isfinite(float(row.get("verified_ncc", np.nan)))
+    if not verified:
+        return flip, 0.0, 1.0, (0.0, 0.0), False
+    pose = [float(row.get(k, d)) for k, d in (("angle_deg", 0.0), ("scale", 1.0))]
+    shift = [float(row.get(k, 0.0)) for k in ("shift_x_mm", "shift_y_mm")]
+    if not all(np.isfinite(pose + shift)):
+        return flip, 0.0, 1.0, (0.0, 0.0), False
+    return flip, pose[0], pose[1], tuple(shift), True
+
+
+def snapPose(angleDeg, scale, shiftMM):
+    """Drop pose parts below what 64-px thumbnails resolve (a quarter degree, half a percent,
+    a tenth of a mm): an exact copy is placed exactly, not nudged by estimation noise."""
+    angleDeg = 0.0 if abs(angleDeg) < 0.25 else angleDeg
+    scale = 1.0 if abs(scale - 1.0) < 0.005 else scale
+    return angleDeg, scale, tuple(0.0 if abs(x) < 0.1 else x for x in shiftMM)
+
+
+def sliceExtentMM(volumeNode, axis):
+    """Longer physical side of a volume's slices along `axis` (the engine's thumbnail side)."""
+    direction = canonicalDirection(volumeDirectionLPS(volumeNode))
+    raw = volumeDirectionLPS(volumeNode)
+    dims = volumeNode.GetImageData().GetDimensions()
+    spacing = volumeNode.GetSpacing()
+    extent = []
+    for c in range(3):  # canonical x, y, z: the node axis that runs along each
+        nodeAxis = int(np.argmax(np.abs(raw.T @ direction[:, c])))
+        extent.append(dims[nodeAxis] * spacing[nodeAxis])
+    rows, cols = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}[axis]
+    return max(extent[rows], extent[cols])
 
 
 # ---- volume nodes <-> SimpleITK images ----------------------------------------------------
@@ -448,11 +500,24 @@ class MemorizationIndexSceneLogic:
         return [i for i in self.tableRows if result.slices[i]["flagged"]]
 
     # ---- table and plot nodes ------------------------------------------------------------
-    def _singleton(self, className, name, role):
+    def findNode(self, className, role):
+        """The node this logic made for a role ("sliceTable", "plotChart", ...), or None."""
         for i in range(self.scene.GetNumberOfNodesByClass(className)):
             node = self.scene.GetNthNodeByClass(i, className)
             if node.GetAttribute(ATTR_ROLE) == role:
                 return node
+        return None
+
+    def sliceTableNode(self):
+        return self.findNode("vtkMRMLTableNode", "sliceTable")
+
+    def plotChartNode(self):
+        return self.findNode("vtkMRMLPlotChartNode", "plotChart")
+
+    def _singleton(self, className, name, role):
+        node = self.findNode(className, role)
+        if node is not None:
+            return node
         node = self.scene.AddNewNodeByClass(className, name)
         node.SetAttribute(ATTR_ROLE, role)
         return node
@@ -474,6 +539,7 @@ class MemorizationIndexSceneLogic:
             ("match volume", vtk.vtkStringArray, [_shortName(r["match_volume"]) for r in rows]),
             ("match slice", vtk.vtkIntArray, [r["match_slice"] for r in rows]),
             ("view", vtk.vtkStringArray, [r["transform"] for r in rows]),
+            ("rotation", vtk.vtkDoubleArray, [float(r.get("angle_deg") or 0.0) for r in rows]),
             ("margin", vtk.vtkDoubleArray, [r["margin"] for r in rows]),
         ]
         wasModifying = tableNode.StartModify()
@@ -635,13 +701,22 @@ class MemorizationIndexSceneLogic:
     def placeMatch(self, syntheticNode, matchNode, row, axis=None):
         """Create or update the linear transform laying the match's slice on the synthetic one."""
         axis = axis or (self.bank.settings.axis if self.bank is not None else "axial")
+        flip, angle, scale, shift, verified = poseOfRow(row)
+        if verified:
+            # The pose was found between thumbnails, which scale each slice's longer side to
+            # the same number of pixels: turn its pixel scale into a physical one.
+            scale *= sliceExtentMM(syntheticNode, axis) / sliceExtentMM(matchNode, axis)
+            angle, scale, shift = snapPose(angle, scale, shift)
         matrix = matchPlacementMatrix(
             (row["position_x"], row["position_y"], row["position_z"]),
             (row["match_position_x"], row["match_position_y"], row["match_position_z"]),
             canonicalDirection(volumeDirectionLPS(syntheticNode)),
             canonicalDirection(volumeDirectionLPS(matchNode)),
             axis,
-            row.get("transform", "none") or "none",
+            flip,
+            angle,
+            scale,
+            shift,
         )
         transformNode = self._singleton(
             "vtkMRMLLinearTransformNode", MATCH_TRANSFORM_NAME, "matchPlacement"
