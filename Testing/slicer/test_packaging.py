@@ -1,0 +1,188 @@
+"""Extension packaging: CMake lists, ExtensionsIndex entry, icons, requirements, boundaries.
+
+Slicer installs only what the module's CMakeLists.txt lists, so an engine file missing there
+breaks the extension only after it is built and installed; these checks find it here.
+"""
+
+import ast
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "MemorizationIndex"
+CATALOG_ENTRY = ROOT / "Resources" / "ExtensionsIndex" / "MemorizationIndex.json"
+# Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+CATALOG_KEYS = {
+    "$schema",
+    "category",
+    "scm_url",
+    "scm_revision",
+    "scm_type",
+    "build_dependencies",
+    "build_subdirectory",
+    "enabled",
+    "tier",
+}
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+SHIPS_WITH_SLICER = {"numpy", "simpleitk"}
+
+
+def cmake_list(text, variable):
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, variable
+    return match.group(1).split()
+
+
+def cmake_value(text, variable):
+    match = re.search(rf'set\({variable}\s+"([^"]*)"\)', text)
+    assert match, variable
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def module_cmake():
+    return (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MemorizationIndex")
+
+
+@pytest.fixture(scope="module")
+def extension_cmake():
+    return (ROOT / "CMakeLists.txt").read_text()
+
+
+def test_module_cmake_lists_every_engine_file_and_module_script(module_cmake):
+    listed = cmake_list(module_cmake, "MODULE_PYTHON_SCRIPTS")
+    on_disk = {
+        str(p.relative_to(MODULE)) for p in (MODULE / "MemorizationIndexLib").glob("*.py")
+    } | {"MemorizationIndex.py", "MemorizationIndexSceneLogic.py"}
+    assert len(listed) == len(set(listed))
+    assert set(listed) == on_disk, {
+        "not listed": sorted(on_disk - set(listed)),
+        "listed but missing": sorted(set(listed) - on_disk),
+    }
+
+
+def test_module_cmake_lists_every_resource(module_cmake):
+    listed = set(cmake_list(module_cmake, "MODULE_PYTHON_RESOURCES"))
+    on_disk = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert listed == on_disk
+    assert "slicerMacroBuildScriptedModule(" in module_cmake
+    assert "slicer_add_python_unittest(SCRIPT MemorizationIndex.py)" in module_cmake
+
+
+def test_extension_metadata_is_complete_and_points_at_real_files(extension_cmake):
+    assert re.search(r"^project\(MemorizationIndex\)", extension_cmake, re.M)
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL"):
+        assert cmake_value(extension_cmake, f"EXTENSION_{variable}").strip(), variable
+    homepage = cmake_value(extension_cmake, "EXTENSION_HOMEPAGE")
+    raw = homepage.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    urls = [cmake_value(extension_cmake, "EXTENSION_ICONURL")]
+    urls += cmake_value(extension_cmake, "EXTENSION_SCREENSHOTURLS").split()
+    assert len(urls) >= 2
+    for url in urls:
+        assert url.startswith(raw), url
+        path = ROOT / url[len(raw) :]
+        assert path.is_file(), path
+        assert png_size(path)
+    assert "add_subdirectory(MemorizationIndex)" in extension_cmake
+    assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in extension_cmake
+    assert "include(${Slicer_EXTENSION_CPACK})" in extension_cmake
+
+
+def test_catalog_entry_follows_the_extensions_index_schema(extension_cmake):
+    entry = json.loads(CATALOG_ENTRY.read_text())
+    assert set(entry) <= CATALOG_KEYS and CATALOG_REQUIRED <= set(entry)
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert entry["category"] == cmake_value(extension_cmake, "EXTENSION_CATEGORY")
+    depends = cmake_value(extension_cmake, "EXTENSION_DEPENDS").split()
+    assert entry.get("build_dependencies", []) == ([] if depends == ["NA"] else depends)
+    homepage = cmake_value(extension_cmake, "EXTENSION_HOMEPAGE")
+    assert entry["scm_url"].removesuffix(".git") == homepage
+    assert entry.get("scm_type", "git") in ("git", "local")
+    assert entry.get("tier", 5) in (1, 3, 5)
+    assert isinstance(entry.get("enabled", True), bool)
+    assert entry.get("build_subdirectory", ".") == "."
+
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_icons_are_real_128_pixel_pngs():
+    assert png_size(MODULE / "Resources" / "Icons" / "MemorizationIndex.png") == (128, 128)
+    assert png_size(ROOT / "Resources" / "MemorizationIndex.png") == (128, 128)
+
+
+def requirement_name(line):
+    return re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower()
+
+
+def test_requirements_agree_with_the_engines_dependencies():
+    lines = [
+        line.strip()
+        for line in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    engine = {requirement_name(d): d.replace(" ", "") for d in project}
+    listed = {requirement_name(line): line.replace(" ", "") for line in lines}
+    assert set(listed) == set(engine) - SHIPS_WITH_SLICER
+    for name, spec in listed.items():
+        assert spec == engine[name], name
+    # The module checks for each of them by its import name before installing anything.
+    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text())
+    imports = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ENGINE_IMPORTS"
+    )
+    assert set(imports.values()) == set(listed)
+
+
+def top_level_imports(path):
+    names = set()
+    for node in ast.parse(Path(path).read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_nothing_heavy_is_imported_when_slicer_loads_the_module():
+    """Slicer imports the module at start-up: no engine, torch or faiss there (installed
+    later, on first use), and the MRML glue must not need Qt."""
+    heavy = {"MemorizationIndexLib", "torch", "faiss", "scipy", "tqdm", "SimpleITK"}
+    assert not top_level_imports(MODULE / "MemorizationIndex.py") & heavy
+    assert not top_level_imports(MODULE / "MemorizationIndexSceneLogic.py") & (
+        heavy | {"qt", "ctk"}
+    )
+
+
+def test_the_engine_never_imports_slicer_or_qt_at_top_level():
+    for path in (MODULE / "MemorizationIndexLib").glob("*.py"):
+        assert not top_level_imports(path) & {"slicer", "qt", "ctk", "vtk"}, path.name
+
+
+def test_module_file_has_the_four_slicer_classes():
+    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    bases = {name: {ast.unparse(b) for b in c.bases} for name, c in classes.items()}
+    assert "ScriptedLoadableModule" in bases["MemorizationIndex"]
+    assert "ScriptedLoadableModuleWidget" in bases["MemorizationIndexWidget"]
+    assert {"ScriptedLoadableModuleLogic", "MemorizationIndexSceneLogic"} <= bases[
+        "MemorizationIndexLogic"
+    ]
+    assert "ScriptedLoadableModuleTest" in bases["MemorizationIndexTest"]
+    test_methods = {
+        n.name for n in classes["MemorizationIndexTest"].body if isinstance(n, ast.FunctionDef)
+    }
+    assert {"setUp", "runTest"} <= test_methods
+    assert any(m.startswith("test_") for m in test_methods)
