@@ -16,6 +16,7 @@ the synthetic slice's frame, flip included, so a copy lines up pixel for pixel.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -32,6 +33,7 @@ MATCH_TRANSFORM_NAME = "MemorizationIndex match placement"
 ORIENTATION_OF_AXIS = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 MAX_PLOTTED_VOLUMES = 8
+_EXTRACTOR_CACHE = {}  # the last encoder built for scoring, by what defines it
 
 # Node attributes that tie nodes made here to what they show (kept with a saved scene).
 ATTR_ROLE = "MemorizationIndex.Role"
@@ -347,13 +349,28 @@ class MemorizationIndexSceneLogic:
         self._extractorKey = None
 
     def _scorer(self, checkpoint, device, batchSize):
-        """The bank's encoder, built once and reused while bank and settings stay the same."""
+        """The bank's encoder, built once and reused while encoder and settings stay the same.
+
+        Kept process-wide (the last one only: a ViT-B takes about 350 MB), so a new logic
+        object, as a console user or a test makes, does not rebuild the same encoder.
+        """
         from MemorizationIndexLib.scoring import load_scorer
 
-        key = (id(self.bank), checkpoint or None, device, int(batchSize))
-        if self._extractor is None or self._extractorKey != key:
-            self._extractor = load_scorer(self.bank, checkpoint or None, device, int(batchSize))
-            self._extractorKey = key
+        key = (
+            json.dumps(self.bank.encoder, sort_keys=True, default=str),
+            json.dumps(self.bank.settings.to_dict(), sort_keys=True, default=str),
+            str(checkpoint or ""),
+            device,
+            int(batchSize),
+        )
+        if self._extractorKey != key:
+            cached = _EXTRACTOR_CACHE.get(key)
+            if cached is None:
+                # load_scorer also refuses a checkpoint that differs from the bank's.
+                cached = load_scorer(self.bank, checkpoint or None, device, int(batchSize))
+                _EXTRACTOR_CACHE.clear()
+                _EXTRACTOR_CACHE[key] = cached
+            self._extractor, self._extractorKey = cached, key
         return self._extractor
 
     def _requireBank(self):

@@ -34,11 +34,16 @@ def tiny_bank_settings():
 
 
 def random_scan(rng) -> np.ndarray:
-    """Smooth random 'anatomy' with structure at every scale and no symmetry."""
-    voxels = rng.normal(size=SHAPE).cumsum(1).cumsum(2).astype(np.float32)
-    voxels += np.linspace(0, 30, SHAPE[2], dtype=np.float32)[None, None, :]
-    voxels -= voxels.min()
-    return voxels
+    """A head-like object on a zero background: smooth random texture with structure at
+    every scale inside an off-centre ellipse, so no slice is symmetric."""
+    texture = rng.normal(size=SHAPE).cumsum(1).cumsum(2).astype(np.float32)
+    texture -= texture.min()
+    texture += 0.5 * texture.max()
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in SHAPE), indexing="ij")
+    cy, cx = 0.52 * SHAPE[1], 0.45 * SHAPE[2]
+    radius = 1.0 + 0.1 * np.cos(z / SHAPE[0] * np.pi)
+    inside = ((y - cy) / (0.42 * SHAPE[1])) ** 2 + ((x - cx) / (0.38 * SHAPE[2])) ** 2 <= radius
+    return np.where(inside, texture, 0.0).astype(np.float32)
 
 
 @dataclass

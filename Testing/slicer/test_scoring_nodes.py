@@ -1,0 +1,170 @@
+"""Scoring volume nodes: the result, the slice table node and the MI plot chart node."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+from MemorizationIndexLib.errors import BankError
+from MemorizationIndexSceneLogic import (
+    PLOT_CHART_NAME,
+    SLICE_TABLE_NAME,
+    MemorizationIndexSceneLogic,
+    createSceneWithSliceViews,
+)
+from slicer_test_helpers import SLICE_VIEWS, add_volume, synthetic_with_copy
+
+TABLE_COLUMNS = [
+    "rank",
+    "volume",
+    "slice",
+    "MI",
+    "ONI",
+    "p-value",
+    "similarity",
+    "flagged",
+    "match volume",
+    "match slice",
+    "view",
+    "rotation",
+    "margin",
+]
+
+
+def column(table_node, name):
+    table = table_node.GetTable()
+    array = table.GetColumnByName(name)
+    assert array is not None, name
+    return [array.GetValue(i) for i in range(table.GetNumberOfRows())]
+
+
+def nodes_with_role(scene, class_name, role):
+    return [
+        n
+        for n in (
+            scene.GetNthNodeByClass(i, class_name)
+            for i in range(scene.GetNumberOfNodesByClass(class_name))
+        )
+        if n.GetAttribute("MemorizationIndex.Role") == role
+    ]
+
+
+@pytest.fixture(scope="module")
+def scored_scene(training_set, bank_folder):
+    """One scene with one scored volume, shared by the read-only checks below."""
+    scene, app = createSceneWithSliceViews(SLICE_VIEWS)
+    logic = MemorizationIndexSceneLogic(scene, app)
+    logic.loadBank(bank_folder)
+    node = add_volume(scene, synthetic_with_copy(training_set, flip=True), "synth-01")
+    result = logic.scoreVolume(node, alpha=0.01, device="cpu")
+    yield scene, logic, node, result
+    scene.Clear(1)
+
+
+@pytest.fixture()
+def scored(scored_scene):
+    return scored_scene[1:]
+
+
+def test_scoring_a_volume_node_flags_the_copied_slice(scored):
+    logic, node, result = scored
+    assert [v["volume"] for v in result.volumes] == ["synth-01"]
+    worst = result.slices[logic.tableRows[0]]
+    assert worst["slice_index"] == 5 and worst["flagged"]
+    assert worst["match_volume"].endswith("train-1.nii.gz") and worst["match_slice"] == 7
+    assert worst["transform"] == "hflip"
+    assert sum(r["flagged"] for r in result.slices) <= 2  # the rest is novel
+    summary = logic.volumeSummary()
+    assert summary["verdict"] == "COPY" and summary["volume"] == "synth-01"
+    assert summary["matchVolume"].endswith("train-1.nii.gz")
+    assert logic.suspectedCopies()[0] == logic.tableRows[0]
+    assert "UNTRAINED" in logic.bankDescription()
+
+
+def test_slice_table_node_lists_every_slice_most_suspicious_first(scored_scene):
+    scene, logic, _, result = scored_scene
+    table_node = scene.GetFirstNodeByName(SLICE_TABLE_NAME)
+    assert table_node is not None and table_node.IsA("vtkMRMLTableNode")
+    table = table_node.GetTable()
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == TABLE_COLUMNS
+    assert table.GetNumberOfRows() == len(result.slices)
+    mi = column(table_node, "MI")
+    assert mi == sorted(mi, reverse=True)
+    assert column(table_node, "rank") == list(range(1, len(mi) + 1))
+    for k, index in enumerate(logic.tableRows):  # row k is result.slices[tableRows[k]]
+        row = result.slices[index]
+        assert column(table_node, "slice")[k] == row["slice_index"]
+        assert column(table_node, "MI")[k] == pytest.approx(row["mi"])
+        assert column(table_node, "match slice")[k] == row["match_slice"]
+    assert column(table_node, "flagged")[0] == "COPY"
+    assert column(table_node, "match volume")[0] == "train-1"
+    assert column(table_node, "view")[0] == "hflip"
+    assert column(table_node, "volume") == ["synth-01"] * len(mi)
+    assert table_node.GetAttribute("MemorizationIndex.Alpha") == "0.01"
+
+
+def test_plot_chart_shows_mi_along_the_slices_and_the_threshold(scored_scene):
+    scene, logic, _, result = scored_scene
+    chart = scene.GetFirstNodeByName(PLOT_CHART_NAME)
+    assert chart is not None and chart.IsA("vtkMRMLPlotChartNode")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
+    by_name = {s.GetName(): s for s in series}
+    mi_series = by_name["MI: synth-01"]
+    threshold = next(s for s in series if s is not mi_series)
+    table_node = mi_series.GetTableNode()
+    ordered = sorted(result.slices, key=lambda r: r["slice_index"])
+    xs = slicer.util.arrayFromTableColumn(table_node, mi_series.GetXColumnName())
+    ys = slicer.util.arrayFromTableColumn(table_node, mi_series.GetYColumnName())
+    assert np.array_equal(xs[: len(ordered)], [r["slice_index"] for r in ordered])
+    assert np.allclose(ys[: len(ordered)], [r["mi"] for r in ordered])
+    assert ys[list(xs).index(5)] == pytest.approx(max(r["mi"] for r in result.slices))
+    ty = slicer.util.arrayFromTableColumn(table_node, threshold.GetYColumnName())
+    assert np.allclose(ty[:2], 1.0 - result.alpha)
+    assert chart.GetXAxisTitle() == "slice index" and chart.GetYAxisTitle() == "MI"
+
+
+def test_scoring_again_updates_the_same_nodes(logic, scene_and_app, training_set):
+    scene, _ = scene_and_app
+    node = add_volume(scene, synthetic_with_copy(training_set, flip=True), "synth-01")
+    logic.scoreVolume(node, device="cpu")
+    second = add_volume(scene, synthetic_with_copy(training_set, flip=False, seed=3), "synth-02")
+    result = logic.scoreVolumes([node, second], alpha=0.05, device="cpu")
+    assert len(nodes_with_role(scene, "vtkMRMLTableNode", "sliceTable")) == 1
+    assert len(nodes_with_role(scene, "vtkMRMLPlotChartNode", "plotChart")) == 1
+    chart = nodes_with_role(scene, "vtkMRMLPlotChartNode", "plotChart")[0]
+    assert chart.GetNumberOfPlotSeriesNodes() == 3  # two volumes and the threshold
+    assert len(nodes_with_role(scene, "vtkMRMLPlotSeriesNode", "plotSeries")) == 3
+    table_node = scene.GetFirstNodeByName(SLICE_TABLE_NAME)
+    assert table_node.GetNumberOfRows() == len(result.slices) == 2 * len(result.slices) // 2
+    assert set(column(table_node, "volume")) == {"synth-01", "synth-02"}
+    copy2 = next(r for r in result.slices if r["volume"] == "synth-02" and r["slice_index"] == 5)
+    assert copy2["flagged"] and copy2["transform"] == "none" and copy2["match_slice"] == 7
+
+
+def test_scoring_a_folder_loads_the_synthetic_volume_when_inspected(
+    logic, training_set, scene_and_app, tmp_path
+):
+    scene, _ = scene_and_app
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    image = sitk.GetImageFromArray(synthetic_with_copy(training_set, flip=True))
+    image.SetSpacing((1.0, 1.2, 2.0))
+    sitk.WriteImage(image, str(folder / "synth-03.nii.gz"))
+    result = logic.scoreFolder(folder, device="cpu")
+    assert result.volumes[0]["flagged"]
+    synthetic, match, _ = logic.showMatch(logic.suspectedCopies()[0])
+    assert synthetic.GetAttribute("MemorizationIndex.Role") == "synthetic"
+    assert synthetic.GetAttribute("MemorizationIndex.Source") == str(folder / "synth-03.nii.gz")
+    assert match.GetAttribute("MemorizationIndex.Role") == "match"
+    # Inspecting another slice of the same volumes reuses the loaded nodes.
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    logic.showMatch(logic.tableRows[1])
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") <= count + 1
+
+
+def test_scoring_without_a_bank_says_what_to_do(scene_and_app):
+    scene, app = scene_and_app
+    node = add_volume(scene, np.ones((12, 40, 48), np.float32))
+    with pytest.raises(BankError, match="build one or load"):
+        MemorizationIndexSceneLogic(scene, app).scoreVolume(node)
