@@ -14,7 +14,7 @@ from typing import Annotated
 
 import slicer
 import vtk
-from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, _shortName
+from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, shortName
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -240,7 +240,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         verdictColor = "#c0392b" if summary["verdict"] == "COPY" else "#2e7d32"
         self.ui.verdictLabel.text = (
             f"<b style='color:{verdictColor}'>{summary['verdict']}</b> &mdash; "
-            f"{_shortName(summary['volume'])}"
+            f"{shortName(summary['volume'])}"
         )
         self.ui.volumeMILabel.text = (
             f"{summary['mi']:.6f} (flagged at >= {1.0 - summary['alpha']:g})"
@@ -249,7 +249,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.fractionFlaggedLabel.text = (
             f"{100.0 * summary['fractionFlagged']:.1f} % of {summary['nSlices']} slices"
         )
-        self.ui.bestMatchLabel.text = _shortName(summary["matchVolume"])
+        self.ui.bestMatchLabel.text = shortName(summary["matchVolume"])
         self.ui.bestMatchLabel.toolTip = summary["matchVolume"]
         self.ui.longestRunLabel.text = f"{summary['longestRun']} consecutive slices"
         s = result.summary
@@ -387,8 +387,8 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         row = self.logic.result.slices[sliceIndex]
         self.ui.currentMatchLabel.text = (
-            f"{_shortName(row['volume'])} slice {row['slice_index']}  \u2192  "
-            f"{_shortName(row['match_volume'])} slice {row['match_slice']} "
+            f"{shortName(row['volume'])} slice {row['slice_index']}  \u2192  "
+            f"{shortName(row['match_volume'])} slice {row['match_slice']} "
             f"(view {row['transform']}; MI {row['mi']:.6f})"
         )
         tableRow = self.logic.tableRows.index(sliceIndex)
@@ -584,10 +584,19 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         tempDir = Path(slicer.util.tempDirectory("MemorizationIndexTest"))
         (tempDir / "train").mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
+        shape = (12, 40, 48)
+        z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+        head = ((y - 21) / 17) ** 2 + ((x - 22) / 18) ** 2 <= 1.0 + 0.1 * np.cos(z / 12 * np.pi)
+
+        def headLikeScan():
+            """Smooth random texture inside an off-centre ellipse, zero outside."""
+            texture = rng.normal(size=shape).cumsum(1).cumsum(2).astype(np.float32)
+            texture += 1.5 * (texture.max() - texture.min()) - texture.min()
+            return np.where(head, texture, 0.0).astype(np.float32)
+
         training = []
         for i in range(3):
-            voxels = rng.normal(size=(12, 40, 48)).cumsum(1).cumsum(2).astype(np.float32)
-            voxels -= voxels.min()
+            voxels = headLikeScan()
             image = sitk.GetImageFromArray(voxels)
             image.SetSpacing((1.0, 1.2, 2.0))
             sitk.WriteImage(image, str(tempDir / "train" / f"train-{i}.nii.gz"))
@@ -601,8 +610,7 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(bank.volumes), 3)
         self.delayDisplay("Built the bank")
 
-        synthetic = rng.normal(size=(12, 40, 48)).cumsum(1).cumsum(2).astype(np.float32)
-        synthetic -= synthetic.min()
+        synthetic = headLikeScan()
         synthetic[5] = training[1][7][:, ::-1]  # a left-right flipped copy of a training slice
         ijkToRAS = np.diag([-1.0, -1.2, 2.0, 1.0])  # the training files' LPS grid, in RAS
         volumeNode = slicer.util.addVolumeFromArray(synthetic, ijkToRAS, name="synthetic")

@@ -251,7 +251,8 @@ def volumeNodeFromImage(scene, image, name, volumeNode=None):
     return volumeNode
 
 
-def _shortName(path):
+def shortName(path):
+    """A volume's file or folder name without the image suffix, for tables and labels."""
     base = os.path.basename(os.path.normpath(str(path)))
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".dcm"):
         if base.lower().endswith(suffix):
@@ -546,14 +547,14 @@ class MemorizationIndexSceneLogic:
         rows = [result.slices[i] for i in self.tableRows]
         columns = [
             ("rank", vtk.vtkIntArray, [k + 1 for k in range(len(rows))]),
-            ("volume", vtk.vtkStringArray, [_shortName(r["volume"]) for r in rows]),
+            ("volume", vtk.vtkStringArray, [shortName(r["volume"]) for r in rows]),
             ("slice", vtk.vtkIntArray, [r["slice_index"] for r in rows]),
             ("MI", vtk.vtkDoubleArray, [r["mi"] for r in rows]),
             ("ONI", vtk.vtkDoubleArray, [r["oni"] for r in rows]),
             ("p-value", vtk.vtkDoubleArray, [r["p_value"] for r in rows]),
             ("similarity", vtk.vtkDoubleArray, [r["similarity"] for r in rows]),
             ("flagged", vtk.vtkStringArray, ["COPY" if r["flagged"] else "" for r in rows]),
-            ("match volume", vtk.vtkStringArray, [_shortName(r["match_volume"]) for r in rows]),
+            ("match volume", vtk.vtkStringArray, [shortName(r["match_volume"]) for r in rows]),
             ("match slice", vtk.vtkIntArray, [r["match_slice"] for r in rows]),
             ("view", vtk.vtkStringArray, [r["transform"] for r in rows]),
             ("rotation", vtk.vtkDoubleArray, [float(r.get("angle_deg") or 0.0) for r in rows]),
@@ -569,6 +570,7 @@ class MemorizationIndexSceneLogic:
                 array.SetValue(k, value)
             tableNode.AddColumn(array)
         tableNode.SetAttribute("MemorizationIndex.Alpha", str(result.alpha))
+        tableNode.SetLocked(True)  # results, not for editing in the table view
         tableNode.EndModify(wasModifying)
         tableNode.Modified()
         return tableNode
@@ -607,7 +609,7 @@ class MemorizationIndexSceneLogic:
             xName, yName = f"slice {k + 1}", f"MI {k + 1}"
             tableNode.AddColumn(column(xName, xs))
             tableNode.AddColumn(column(yName, ys))
-            seriesSpecs.append((f"MI: {_shortName(name)}", xName, yName, False))
+            seriesSpecs.append((f"MI: {shortName(name)}", xName, yName, False))
         tableNode.AddColumn(column("threshold slice", threshold[0]))
         tableNode.AddColumn(column("threshold MI", threshold[1]))
         seriesSpecs.append(
@@ -689,7 +691,7 @@ class MemorizationIndexSceneLogic:
         volume = read_scan(
             ScanSource(path=str(path), series_uid=seriesUid or ""), ReadOptions(min_foreground=0.0)
         )
-        label = name or f"{role}: {_shortName(path)}"
+        label = name or f"{role}: {shortName(path)}"
         node = volumeNodeFromImage(self.scene, volume.image, label)
         node.SetAttribute(ATTR_ROLE, role)
         node.SetAttribute(ATTR_SOURCE, str(path))
