@@ -391,18 +391,19 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             f"{shortName(row['match_volume'])} slice {row['match_slice']} "
             f"(view {row['transform']}; MI {row['mi']:.6f})"
         )
-        tableRow = self.logic.tableRows.index(sliceIndex)
-        self.ui.resultsTableView.selectRow(tableRow)
         self._showResult(self.logic.result)
+        self.ui.resultsTableView.selectRow(self.logic.tableRows.index(sliceIndex))
 
     def onTableRowActivated(self, index):
-        if self.logic.result is None or not index.isValid():
+        if self._busy or self.logic.result is None or not index.isValid():
             return
         row = index.row()
         if 0 <= row < len(self.logic.tableRows):
             self._showSlice(self.logic.tableRows[row])
 
     def onStepCopy(self, step):
+        if self._busy:
+            return
         copies = self.logic.suspectedCopies()
         if not copies:
             self.ui.statusLabel.text = "No slice is flagged as a copy."
