@@ -297,13 +297,16 @@ class MemorizationIndexSceneLogic:
         device="auto",
         batchSize=32,
         settings=None,
+        encoderConfig=None,
         progress=None,
         cancel=None,
     ):
         """Encode a folder of training scans into a feature bank saved in bankFolder.
 
         `settings` (a MemorizationIndexLib.bank.BankSettings) sets everything; without it,
-        imageSize, axis and stride change the defaults. Returns the FeatureBank.
+        imageSize, axis and stride change the defaults. `encoderConfig` (an
+        MemorizationIndexLib.encoder.EncoderConfig) replaces MRI-CORE's ViT-B, for tests.
+        Returns the FeatureBank.
         """
         from MemorizationIndexLib.bank import BankSettings, build_bank
 
@@ -318,6 +321,7 @@ class MemorizationIndexSceneLogic:
             batch_size=int(batchSize),
             progress=progress,
             cancel=cancel,
+            encoder_config=encoderConfig,
         )
         self._forgetExtractor()
         return self.bank

@@ -2,7 +2,7 @@
 
 slicer-core gives the MRML classes, the application logic and the slice logics Slicer's
 views run on, but no Qt: the glue under test takes the scene as an argument. One small
-bank (an untrained ViT-B at 32 px, two blocks, one query flip) is built once per session.
+bank (a small untrained encoder at 32 px, one query flip) is built once per session.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from slicer_test_helpers import (  # noqa: E402
     TrainingSet,
     random_scan,
     tiny_bank_settings,
+    tiny_encoder_config,
 )
 
 
@@ -65,7 +66,11 @@ def bank_folder(training_set, tmp_path_factory):
     """A bank built once through the logic (the same call the panel's Build bank makes)."""
     out = tmp_path_factory.mktemp("bank") / "bank"
     MemorizationIndexSceneLogic().buildBank(
-        training_set.folder, out, settings=tiny_bank_settings(), device="cpu"
+        training_set.folder,
+        out,
+        settings=tiny_bank_settings(),
+        encoderConfig=tiny_encoder_config(),
+        device="cpu",
     )
     return out
 

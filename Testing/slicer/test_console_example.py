@@ -6,7 +6,12 @@ from pathlib import Path
 
 import console_example
 from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic
-from slicer_test_helpers import add_volume, synthetic_with_copy, tiny_bank_settings
+from slicer_test_helpers import (
+    add_volume,
+    synthetic_with_copy,
+    tiny_bank_settings,
+    tiny_encoder_config,
+)
 
 HERE = Path(__file__).resolve().parent
 README_SECTION = HERE / "README_in_slicer.md"
@@ -22,6 +27,7 @@ def test_console_example_builds_scores_and_overlays(training_set, scene_and_app,
         tmp_path / "bank",
         synthetic,
         settings=tiny_bank_settings(),
+        encoderConfig=tiny_encoder_config(),
         device="cpu",
     )
     assert (tmp_path / "bank" / "manifest.json").is_file()
