@@ -819,12 +819,20 @@ class MemorizationIndexSceneLogic:
                 "MemorizationIndex: there is no %s slice view to show the match in.", viewName
             )
             return
-        composite.SetBackgroundVolumeID(background.GetID() if background else None)
+        backgroundID = background.GetID() if background else None
+        orientation = ORIENTATION_OF_AXIS[axis]
+        # Fit the field of view only when the view starts showing another volume or plane,
+        # so stepping through copies keeps the user's zoom.
+        refit = (
+            composite.GetBackgroundVolumeID() != backgroundID
+            or sliceNode.GetOrientation() != orientation
+        )
+        composite.SetBackgroundVolumeID(backgroundID)
         composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
         composite.SetForegroundOpacity(float(opacity))
-        sliceNode.SetOrientation(ORIENTATION_OF_AXIS[axis])
+        sliceNode.SetOrientation(orientation)
         sliceLogic = self.sliceLogic(viewName)
-        if sliceLogic is not None:
+        if refit and sliceLogic is not None:
             sliceLogic.FitSliceToBackground()
         sliceNode.JumpSliceByCentering(*centreRAS)
 

@@ -115,7 +115,7 @@ def test_a_wrong_placement_does_not_line_up(logic, training_set, scene_and_app):
     assert np.abs(synthetic_only - misplaced).max(axis=2)[core].mean() > 10
 
 
-def test_opacity_fades_between_the_synthetic_slice_and_its_match(
+def test_opacity_fades_between_the_synthetic_slice_and_its_match_and_stepping_keeps_zoom(
     logic, training_set, scene_and_app
 ):
     scene, _ = scene_and_app
@@ -133,6 +133,13 @@ def test_opacity_fades_between_the_synthetic_slice_and_its_match(
         assert np.abs(frames[opacity][core] - expected).max() <= 2
         assert np.abs(frames[opacity][core] - a).mean() > 2
     assert logic.sliceCompositeNode("Red").GetForegroundOpacity() == 1.0
+    # Stepping to another slice keeps the user's zoom; the view still jumps to the slice.
+    red = logic.sliceNode("Red")
+    red.SetFieldOfView(31.0, 31.0, 1.0)
+    logic.showMatch(logic.tableRows[0])
+    assert red.GetFieldOfView()[0] == pytest.approx(31.0)
+    centre = logic.syntheticSliceCentreRAS(synthetic, logic.result.slices[logic.tableRows[0]])
+    assert np.allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], centre)
 
 
 def test_side_by_side_shows_the_match_alone_in_the_second_view(logic, training_set, scene_and_app):
