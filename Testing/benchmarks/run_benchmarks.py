@@ -1,0 +1,216 @@
+"""`make bench`: detection and speed benchmarks of MemorizationIndex, side by side with its peers.
+
+    python Testing/benchmarks/run_benchmarks.py --out bench-output            # everything
+    python Testing/benchmarks/run_benchmarks.py --only detection --data DIR --checkpoint ckpt.pth
+    python Testing/benchmarks/run_benchmarks.py --only gpu --device cuda       # on a GPU machine
+
+Writes results.json and results.md under --out, and prints the markdown. The default
+configuration (untrained encoder, 112 px, a cohort made from nilearn's MNI152) runs in about
+15 minutes on a 2-core CPU; every figure states the configuration that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from Testing.benchmarks import speed  # noqa: E402
+from Testing.benchmarks.report import (  # noqa: E402
+    detection_markdown,
+    environment_markdown,
+    speed_markdown,
+)
+
+DESIGN_ANCHORS = {
+    "h200_bf16_224_slices_per_s": 7435,
+    "h200_bf16_224_compiled_slices_per_s": 10233,
+    "h200_fp32_224_slices_per_s": 1164,
+    "cpu_224_seconds_per_slice": 0.38,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
+    p.add_argument(
+        "--only",
+        choices=("all", "detection", "speed", "gpu"),
+        default="all",
+        help="all = detection + speed (CPU); gpu = the device run (bf16 throughput, GPU bank)",
+    )
+    p.add_argument("--data", help="folder of volumes to use instead of the built-in cohort")
+    p.add_argument("--checkpoint", help="MRI-CORE checkpoint; without it an untrained encoder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--image-size", type=int, default=112, help="encoder input for detection")
+    p.add_argument("--subjects", type=int, default=14, help="cohort size (built-in cohort)")
+    p.add_argument("--train-volumes", type=int, default=8, help="volumes in each bank")
+    p.add_argument("--reference-volumes", type=int, default=2, help="held-out reference set")
+    p.add_argument("--stride", type=int, default=4, help="keep every n-th slice")
+    p.add_argument("--copies", type=int, default=16, help="copied slices per augmentation+seed")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.01)
+    p.add_argument(
+        "--augmentations",
+        default="all",
+        help="comma-separated augmentation names (see protocol.AUGMENTATIONS), or all",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--bank-sizes",
+        default="10000,100000,1000000",
+        help="bank sizes (slices) for the scoring-latency test",
+    )
+    p.add_argument("--build-subjects", type=int, default=4, help="volumes in the bank-build test")
+    p.add_argument("--build-stride", type=int, default=6)
+    p.add_argument("--build-size", type=int, default=112)
+    p.add_argument("--throughput-slices", type=int, default=32)
+    p.add_argument(
+        "--gpu-scoring-after-s",
+        type=float,
+        default=240.0,
+        help="--only gpu: skip the scoring test if the run has taken longer than this",
+    )
+    return p
+
+
+def environment(args) -> dict:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": speed.cpu_description(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_speed(args) -> dict:
+    results: dict = {}
+    t0 = time.perf_counter()
+    results["matmul"] = speed.matmul_rate("cpu", torch.float32, 2048)
+    results["encoder"] = [
+        speed.encoder_throughput(
+            size, device="cpu", n_slices=args.throughput_slices, checkpoint=args.checkpoint
+        )
+        for size in sorted({224, args.image_size})
+    ]
+    results["matmul_after"] = speed.matmul_rate("cpu", torch.float32, 2048)
+    results["bank_build"] = speed.bank_build(
+        args.build_subjects,
+        args.build_size,
+        args.build_stride,
+        device="cpu",
+        batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+    )
+    sizes = tuple(int(s) for s in args.bank_sizes.split(",") if s)
+    results["scoring"] = speed.scoring_latency(sizes)
+    results["bytes_per_slice"] = speed.bank_bytes_per_slice()
+    results["peak_rss_bytes"] = speed.peak_rss_bytes()
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def run_gpu(args) -> dict:
+    """The one prepared device run: bf16/fp32 throughput at 224 px and a whole bank on GPU."""
+    results: dict = {"device_name": torch.cuda.get_device_name(0)}
+    t0 = time.perf_counter()
+    results["matmul_bf16"] = speed.matmul_rate("cuda", torch.bfloat16, 8192, repeats=10)
+    results["matmul_fp32"] = speed.matmul_rate("cuda", torch.float32, 8192, repeats=5)
+    enc = []
+    for batch, engine_path, bf16, n in (
+        (32, True, True, 2048),
+        (256, True, True, 4096),
+        (256, False, True, 8192),
+        (256, False, False, 2048),
+    ):
+        enc.append(
+            speed.encoder_throughput(
+                224,
+                device="cuda",
+                batch_size=batch,
+                n_slices=n,
+                engine_path=engine_path,
+                bf16=bf16,
+                checkpoint=args.checkpoint,
+                repeats=3,
+            )
+        )
+        print(json.dumps(enc[-1]), flush=True)
+    results["encoder"] = enc
+    results["bank_build"] = speed.bank_build(
+        args.build_subjects,
+        224,
+        args.build_stride,
+        device="cuda",
+        batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+    )
+    print(json.dumps(results["bank_build"]), flush=True)
+    sizes = tuple(int(s) for s in args.bank_sizes.split(",") if s)
+    elapsed = time.perf_counter() - t0
+    if sizes and elapsed < args.gpu_scoring_after_s:
+        results["scoring"] = speed.scoring_latency(sizes, reference_device="cuda")
+    elif sizes:
+        results["scoring_skipped"] = f"the run had already taken {elapsed:.0f} s"
+    results["peak_rss_bytes"] = speed.peak_rss_bytes()
+    results["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    results: dict = {"environment": environment(args), "anchors": DESIGN_ANCHORS}
+    sections = []
+    if args.only in ("all", "detection"):
+        from Testing.benchmarks import protocol
+
+        config = protocol.DetectionConfig.from_args(args)
+        print(f"Detection benchmark: {config.describe()}", flush=True)
+        results["detection"] = protocol.run_detection(config, progress=print)
+        sections.append(detection_markdown(results["detection"]))
+    if args.only in ("all", "speed"):
+        print("Speed benchmark ...", flush=True)
+        results["speed"] = speed_section = run_speed(args)
+        sections.append(speed_markdown(speed_section, DESIGN_ANCHORS))
+    if args.only == "gpu":
+        results["gpu"] = run_gpu(args)
+        sections.append(speed_markdown({"gpu": results["gpu"]}, DESIGN_ANCHORS))
+    results["environment"]["peak_rss_bytes"] = speed.peak_rss_bytes()
+    text = environment_markdown(results["environment"]) + "\n" + "\n".join(sections)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    (out / "results.md").write_text(text)
+    print(text)
+    print(f"Wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+def _jsonable(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:
+        pass
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
