@@ -32,6 +32,10 @@ DESCRIPTIONS = {
         "Deo et al. 2026 (arXiv 2602.13066): per-layer ZCA, per-layer top-1 cosine, geometric "
         "mean, z-score against 10 bootstrap train-vs-train halves (slice level); flag ONI < -0.68"
     ),
+    "paper_z_shrunk": (
+        "the paper's z-score MI as above with our Ledoit-Wolf shrunk ZCA in place of its "
+        "eigenvalue-clipped ZCA (isolates its slice-level null and z-score)"
+    ),
     "authenticity": (
         "Alaa et al. 2022 (ICML), per-sample authenticity: a sample is unauthentic when it is "
         "closer to its nearest training sample than that sample is to its own nearest training "
@@ -98,10 +102,27 @@ class PaperMI:
     ONI_THRESHOLD = -0.68  # the paper's "universal" copy threshold (copies: ONI < -0.68)
 
     @classmethod
-    def fit(cls, train_layers: list[np.ndarray], n_bootstrap: int = 10, seed: int = 1234):
+    def fit(
+        cls,
+        train_layers: list[np.ndarray],
+        n_bootstrap: int = 10,
+        seed: int = 1234,
+        shrinkage: bool = False,
+    ):
+        """shrinkage=False: the authors' ZCA (eigenvalues clipped at 1e-8). With fewer training
+        slices than dimensions it sends every train-vs-train top-1 cosine to about 0, so the
+        null collapses. shrinkage=True: our Ledoit-Wolf ZCA instead (whitening.Whitener), all
+        else the paper's, to isolate its slice-level null and z-score."""
         means, matrices = [], []
         for f in train_layers:
             f = np.asarray(f, dtype=np.float64)
+            if shrinkage:
+                from MemorizationIndexLib.whitening import Whitener
+
+                w = Whitener.fit(f)
+                means.append(w.mean.astype(np.float64))
+                matrices.append(w.matrix.astype(np.float64))
+                continue
             mu = f.mean(axis=0)
             cov = np.cov(f - mu, rowvar=False)
             vals, vecs = np.linalg.eigh(cov)

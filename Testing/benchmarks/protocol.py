@@ -58,6 +58,7 @@ SLICE_METHODS = (
     "ours_no_whitening",
     "ours_single_layer",
     "paper_z",
+    "paper_z_shrunk",
     "authenticity",
     "fld_memorization",
     "pixel_correlation",
@@ -69,6 +70,7 @@ LABELS = {
     "ours_no_whitening": "ours, no whitening",
     "ours_single_layer": "ours, block 11 only",
     "paper_z": "paper z-score MI (Deo et al.)",
+    "paper_z_shrunk": "paper z-score MI, shrunk ZCA",
     "authenticity": "authenticity (Alaa et al.)",
     "fld_memorization": "FLD memorization (Jiralerspong et al.)",
     "pixel_correlation": "pixel correlation (Akbar et al.)",
@@ -537,6 +539,9 @@ def run_seed(config, seed, volumes, cohort, extractor, info, counts) -> SeedResu
     paper = peers.PaperMI.fit(train.features, seed=seed)
     z_clean, z_copy = paper.z(test.features), paper.z(copies.features)
     scores["paper_z"] = (z_clean, z_copy, paper.flags(z_clean), paper.flags(z_copy))
+    paper = peers.PaperMI.fit(train.features, seed=seed, shrinkage=True)
+    z_clean, z_copy = paper.z(test.features), paper.z(copies.features)
+    scores["paper_z_shrunk"] = (z_clean, z_copy, paper.flags(z_clean), paper.flags(z_copy))
 
     f_train = peers.peer_features(train.features)
     f_ref = peers.peer_features(ref.features)
@@ -785,6 +790,7 @@ def detection_tables(det: dict) -> str:
             ("ct_score", LABELS["ct_score"] + " (< 0 = copying)"),
             ("frechet", LABELS["frechet"]),
             ("paper_z_flagged", "paper: share flagged ONI < -0.68"),
+            ("paper_z_shrunk_flagged", "paper, shrunk ZCA: share flagged ONI < -0.68"),
             ("authenticity_flagged", "authenticity: share unauthentic"),
         ):
             if key in ds[0]:

@@ -31,6 +31,7 @@ def environment_markdown(env: dict) -> str:
         "",
         f"- Date: {env['date']}",
         f"- Command: `{env['command']}`",
+        f"- Engine: git {env.get('engine_revision', 'unknown')}",
         f"- CPU: {env['cpu']}",
         f"- GPU: {env['gpu'] or 'none'}",
         f"- Python {env['python']}, torch {env['torch']}, {env['platform']}",

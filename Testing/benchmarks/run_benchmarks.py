@@ -82,8 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def engine_revision() -> str:
+    """The commit the engine was run at, and whether its files had uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "MemorizationIndex/MemorizationIndexLib"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    if not head:
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted engine changes" if dirty else "")
+
+
 def environment(args) -> dict:
     return {
+        "engine_revision": engine_revision(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(),

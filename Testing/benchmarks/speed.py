@@ -343,10 +343,14 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
     settings = stage1_settings(BankSettings, image_size=224, layers=layers)
     indexes, vectors = [], []
     chunk = 100_000
+    # one block of random unit vectors; further blocks permute its coordinates (still unit
+    # vectors, all distinct): drawing 2.3e9 normals would take a minute on 2 cores
+    block = random_unit(rng, min(chunk, n), d)
     for _ in layers:
         index = faiss.IndexFlatIP(d)
         for start in range(0, n, chunk):
-            index.add(random_unit(rng, min(chunk, n - start), d))
+            part = block[: min(chunk, n - start)]
+            index.add(np.ascontiguousarray(part[:, rng.permutation(d)]))
         indexes.append(index)
         vectors.append(faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d))
     n_volumes = max(1, -(-n // 155))

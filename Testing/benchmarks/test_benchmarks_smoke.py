@@ -221,6 +221,7 @@ def test_detection_run_computes_every_method(tiny_detection):
         "ours_no_whitening",
         "ours_single_layer",
         "paper_z",
+        "paper_z_shrunk",
         "authenticity",
         "fld_memorization",
         "pixel_correlation",
