@@ -80,9 +80,23 @@ def add_volume(scene, voxels, name="synthetic", origin_lps=(0.0, 0.0, 0.0)):
     return node
 
 
-def synthetic_with_copy(training_set, source=1, source_slice=7, target_slice=5, flip=False, seed=9):
-    """A novel volume with one training slice pasted in (as the engine displays it)."""
+def synthetic_with_copy(
+    training_set, source=1, source_slice=7, target_slice=5, flip=False, seed=9, run=(-2, 4)
+):
+    """A novel volume with a run of training slices pasted in, as the engine displays them:
+    synthetic slice target_slice + k is training slice source_slice + k for k in range(*run),
+    so a copied stack (what a volume-level verdict looks for) with a known correspondence."""
     voxels = random_scan(np.random.default_rng(seed))
-    pasted = training_set.canonical[source][source_slice]
-    voxels[target_slice] = pasted[:, ::-1] if flip else pasted
+    for k in range(*run):
+        pasted = training_set.canonical[source][source_slice + k]
+        voxels[target_slice + k] = pasted[:, ::-1] if flip else pasted
     return voxels
+
+
+def copied_row(result, slice_index=5, volume=None):
+    """The result row of one synthetic slice."""
+    return next(
+        r
+        for r in result.slices
+        if r["slice_index"] == slice_index and (volume is None or r["volume"] == volume)
+    )

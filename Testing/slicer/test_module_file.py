@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import slicer
 from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, createSceneWithSliceViews
+from slicer_test_helpers import tiny_encoder_config
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "MemorizationIndex"
 
@@ -196,3 +197,31 @@ def test_slicer_packaging_module_is_found_by_either_name(module, monkeypatch):
     fake.load_requirements = lambda path: []
     monkeypatch.setitem(sys.modules, "slicer.packaging", fake)
     assert module.MemorizationIndexLogic._slicerPackaging() is fake
+
+
+def test_the_in_slicer_self_test_passes(module, monkeypatch, tmp_path):
+    """MemorizationIndexTest, the test Slicer runs, on the real scene of the fakes above.
+
+    Its bank uses the engine's small encoder here (MRI-CORE's ViT-B in Slicer) for speed.
+    """
+    scene = slicer.mrmlScene
+    app_logic = slicer.app.applicationLogic()
+
+    class SliceWidget:
+        def __init__(self, name):
+            self.name = name
+
+        def mrmlSliceCompositeNode(self):
+            return app_logic.GetSliceLogicByLayoutName(self.name).GetSliceCompositeNode()
+
+    slicer.app.layoutManager = lambda: types.SimpleNamespace(sliceWidget=SliceWidget)
+    monkeypatch.setattr(slicer.util, "tempDirectory", lambda key: str(tmp_path / key))
+    build = module.MemorizationIndexLogic.buildBank
+    monkeypatch.setattr(
+        module.MemorizationIndexLogic,
+        "buildBank",
+        lambda self, *a, **k: build(self, *a, encoderConfig=tiny_encoder_config(), **k),
+    )
+    test = module.MemorizationIndexTest()
+    test.runTest()
+    assert scene.GetFirstNodeByName("synthetic") is not None

@@ -14,7 +14,7 @@ import pytest
 import slicer.util
 import vtk
 from MemorizationIndexSceneLogic import ATTR_ROLE, savePNG
-from slicer_test_helpers import add_volume, synthetic_with_copy
+from slicer_test_helpers import add_volume, copied_row, synthetic_with_copy
 
 
 def artifact_dir(tmp_path) -> Path:
@@ -55,9 +55,9 @@ def flagged_copy(logic, training_set, scene, flip):
         scene, synthetic_with_copy(training_set, flip=flip), "synth", origin_lps=(-7.0, 4.0, 11.0)
     )
     result = logic.scoreVolume(node, device="cpu")
-    index = logic.suspectedCopies()[0]
-    row = result.slices[index]
-    assert (row["slice_index"], row["match_slice"]) == (5, 7)
+    row = copied_row(result, 5)
+    index = result.slices.index(row)
+    assert row["flagged"] and row["match_slice"] == 7
     assert row["transform"] == ("hflip" if flip else "none")
     return node, index, row
 

@@ -12,7 +12,7 @@ from MemorizationIndexSceneLogic import (
     MemorizationIndexSceneLogic,
     createSceneWithSliceViews,
 )
-from slicer_test_helpers import SLICE_VIEWS, add_volume, synthetic_with_copy
+from slicer_test_helpers import SLICE_VIEWS, add_volume, copied_row, synthetic_with_copy
 
 TABLE_COLUMNS = [
     "rank",
@@ -69,11 +69,13 @@ def scored(scored_scene):
 def test_scoring_a_volume_node_flags_the_copied_slice(scored):
     logic, node, result = scored
     assert [v["volume"] for v in result.volumes] == ["synth-01"]
-    worst = result.slices[logic.tableRows[0]]
-    assert worst["slice_index"] == 5 and worst["flagged"]
-    assert worst["match_volume"].endswith("train-1.nii.gz") and worst["match_slice"] == 7
-    assert worst["transform"] == "hflip"
-    assert sum(r["flagged"] for r in result.slices) <= 2  # the rest is novel
+    copied = copied_row(result, 5)  # synthetic slices 3-8 are training slices 5-10, flipped
+    assert copied["flagged"]
+    assert copied["match_volume"].endswith("train-1.nii.gz") and copied["match_slice"] == 7
+    assert copied["transform"] == "hflip"
+    flagged = {r["slice_index"] for r in result.slices if r["flagged"]}
+    assert set(range(3, 9)) <= flagged and len(flagged) <= 7  # the rest is novel
+    assert result.slices[logic.tableRows[0]]["slice_index"] in range(3, 9)
     summary = logic.volumeSummary()
     assert summary["verdict"] == "COPY" and summary["volume"] == "synth-01"
     assert summary["matchVolume"].endswith("train-1.nii.gz")
@@ -138,7 +140,7 @@ def test_scoring_again_updates_the_same_nodes(logic, scene_and_app, training_set
     table_node = scene.GetFirstNodeByName(SLICE_TABLE_NAME)
     assert table_node.GetNumberOfRows() == len(result.slices) == 2 * len(result.slices) // 2
     assert set(column(table_node, "volume")) == {"synth-01", "synth-02"}
-    copy2 = next(r for r in result.slices if r["volume"] == "synth-02" and r["slice_index"] == 5)
+    copy2 = copied_row(result, 5, volume="synth-02")
     assert copy2["flagged"] and copy2["transform"] == "none" and copy2["match_slice"] == 7
 
 
