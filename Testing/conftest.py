@@ -21,12 +21,16 @@ TINY_LAYERS = (1, 2, 3)
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
-    """6 training subjects, 3 novel ones and 3 augmented copies, 3 mm MNI152-based NIfTI."""
+    """6 training subjects, 3 novel ones and 4 augmented copies, 3 mm MNI152-based NIfTI."""
     from MemorizationIndexLib.cohort import make_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     members = make_cohort(
-        root, n_train=6, n_novel=3, copies=("noise-0.02", "hflip", "intensity"), spacing_mm=3.0
+        root,
+        n_train=6,
+        n_novel=3,
+        copies=("noise-0.02", "hflip", "intensity", "rotate-10"),
+        spacing_mm=3.0,
     )
     return root, members
 

@@ -21,10 +21,12 @@ from .calibration import NullModel, volume_folds
 from .encoder import EncoderConfig, EncoderInfo, build_encoder
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
-from .matching import Matches, best_over_views, concat_matches, exact_index, match_queries
+from .matching import exact_index
 from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, SkippedInput, SliceInfo, find_scans
+from .twostage import Combination, StageResult, run_stages
+from .verification import Verifier
 from .whitening import Whitener
 
 BANK_FORMAT = "memorization-index-bank"
@@ -42,13 +44,15 @@ class BankSettings:
     min_foreground: float = 0.05
     flips: tuple[str, ...] = ("none", "hflip", "vflip")
     top_k: int = 10
-    calibration_folds: int = 5
+    calibration_folds: int = 10
     null_max_slices: int = 3000
     thumbnail_size: int = 64
     denoise_sigma: float = 1.0
+    verify: bool = True
+    verify_k: int = 24
     seed: int = 0
 
-    MUST_MATCH = ("image_size", "layers", "axis", "flips")
+    MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -67,6 +71,8 @@ class BankSettings:
             raise SettingsError(
                 f"--calibration-folds must be at least 2 (got {self.calibration_folds})."
             )
+        if self.verify and self.verify_k < 1:
+            raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
         if self.denoise_sigma < 0:
             raise SettingsError(f"--denoise-sigma must be >= 0 (got {self.denoise_sigma}).")
         if self.null_max_slices < 100:
@@ -108,6 +114,7 @@ class FeatureBank:
     series_uids: list[str]
     thumbnails: np.ndarray
     null: NullModel
+    combination: Combination = field(default_factory=lambda: Combination(verify=False))
     manifest: dict = field(default_factory=dict)
     path: str | None = None
 
@@ -133,19 +140,28 @@ class FeatureBank:
     def whiten(self, features: list[np.ndarray]) -> list[np.ndarray]:
         return [w.transform(f) for w, f in zip(self.whiteners, features, strict=True)]
 
-    def match(self, whitened: list[np.ndarray], k: int | None = None, chunk: int = 1024) -> Matches:
-        """Best bank slices for whitened queries, in chunks to bound memory."""
-        parts = [
-            match_queries(
-                [w[start : start + chunk] for w in whitened],
-                self.vectors,
-                self._indexes,
-                self.volume_ids,
-                k or self.settings.top_k,
-            )
-            for start in range(0, len(whitened[0]), chunk)
-        ]
-        return concat_matches(parts)
+    def match(self, queries: FeatureSet, verifier: Verifier | None = None) -> StageResult:
+        """Both stages for every query slice: feature candidates, then verification."""
+        views = []
+        for flip in self.settings.flips:
+            rows, feats = queries.view(flip)
+            views.append((rows, self.whiten(feats) if len(rows) else feats))
+        return run_stages(
+            views,
+            len(queries),
+            self.vectors,
+            self._indexes,
+            self.volume_ids,
+            self.settings.top_k,
+            self.settings.verify_k if self.settings.verify else 0,
+            queries.thumbnails,
+            self.thumbnails,
+            verifier,
+        )
+
+    def statistic(self, result: StageResult) -> np.ndarray:
+        """The per-slice statistic that MI and ONI calibrate."""
+        return self.combination.statistic(result)
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -162,6 +178,8 @@ class FeatureBank:
             np.save(tmp / "slice_positions.npy", self.positions.astype(np.float64))
             np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
             np.savez(tmp / "null.npz", **self.null.to_arrays())
+            if self.combination.verify:
+                np.savez(tmp / "null_stages.npz", **self.combination.to_arrays())
             manifest = dict(self.manifest)
             manifest.update(
                 {
@@ -182,6 +200,7 @@ class FeatureBank:
                         for layer, w in zip(self.settings.layers, self.whiteners, strict=True)
                     },
                     "calibration": self.null.summary(),
+                    "combination": self.combination.summary(),
                 }
             )
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -239,6 +258,10 @@ class FeatureBank:
             series_uids=[v.get("series_uid", "") for v in volumes],
             thumbnails=arr("thumbnails.npy"),
             null=NullModel.from_arrays({k: null_arrays[k] for k in null_arrays.files}),
+            combination=Combination.from_arrays(
+                settings.verify,
+                dict(arr("null_stages.npz")) if settings.verify else {},
+            ),
             manifest=manifest,
             path=str(path),
         )
@@ -298,27 +321,28 @@ def encoder_for(
 
 def cross_fitted_null(
     train: FeatureSet, settings: BankSettings, cancel: CancelCallback | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Similarity of each held-out training slice to a bank of the other volumes.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Stage scores of each held-out training slice against a bank of the other volumes.
 
-    Every volume is held out once (settings.calibration_folds folds, split by volume).
-    With query flips the null uses the slices that were also encoded flipped, and takes
-    the best view exactly as scoring does. Returns (similarities, rows of `train`).
+    Every volume is held out once (settings.calibration_folds folds, split by volume); the
+    held-out slices go through `run_stages` exactly as synthetic slices do at scoring time.
+    With query flips the null uses the slices that were also encoded flipped.
+    Returns (stage-1 similarities, stage-2 scores or None, rows of `train`).
     """
     n_volumes = len(train.volumes)
     if settings.flips != ("none",):
         null_rows = train.flip_rows[settings.flips[1]]
     else:
         null_rows = np.arange(len(train))
-    sims = np.zeros(len(null_rows), np.float64)
+    s1 = np.zeros(len(null_rows), np.float64)
+    s2 = np.zeros(len(null_rows), np.float64) if settings.verify else None
+    verifier = Verifier()
     for held_out in volume_folds(n_volumes, settings.calibration_folds, settings.seed):
         check_cancel(cancel)
         held = np.isin(train.volume_ids, held_out)
         in_bank = ~held
         whiteners = [Whitener.fit(f[in_bank]) for f in train.features]
         vectors = [w.transform(f[in_bank]) for w, f in zip(whiteners, train.features, strict=True)]
-        indexes = [exact_index(v) for v in vectors]
-        bank_vids = train.volume_ids[in_bank]
         query_mask = held[null_rows]
         query_rows = null_rows[query_mask]
         if len(query_rows) == 0:
@@ -328,11 +352,23 @@ def cross_fitted_null(
             rows, feats = train.view(flip)
             pos = np.searchsorted(rows, query_rows) if flip != "none" else query_rows
             whitened = [w.transform(f[pos]) for w, f in zip(whiteners, feats, strict=True)]
-            m = match_queries(whitened, vectors, indexes, bank_vids, settings.top_k)
-            views.append((np.arange(len(query_rows)), m))
-        best, _ = best_over_views(views, len(query_rows))
-        sims[query_mask] = best.similarity
-    return sims, null_rows
+            views.append((np.arange(len(query_rows)), whitened))
+        result = run_stages(
+            views,
+            len(query_rows),
+            vectors,
+            [exact_index(v) for v in vectors],
+            train.volume_ids[in_bank],
+            settings.top_k,
+            settings.verify_k if settings.verify else 0,
+            train.thumbnails[query_rows],
+            train.thumbnails[in_bank],
+            verifier,
+        )
+        s1[query_mask] = result.stage1.similarity
+        if s2 is not None:
+            s2[query_mask] = result.alignment.score
+    return s1, s2, null_rows
 
 
 def bank_from_features(
@@ -350,8 +386,9 @@ def bank_from_features(
             f"Only {len(train.volumes)} usable training volume was found; at least 2 are "
             "needed to calibrate (whole volumes are held out)."
         )
-    null_sims, _ = cross_fitted_null(train, settings, cancel)
-    null = NullModel.fit(null_sims)
+    s1, s2, _ = cross_fitted_null(train, settings, cancel)
+    combination = Combination.fit(s1, s2)
+    null = NullModel.fit(combination.statistic_of(s1, s2))
     whiteners = [Whitener.fit(f) for f in train.features]
     vectors = [w.transform(f) for w, f in zip(whiteners, train.features, strict=True)]
     manifest = {
@@ -377,6 +414,7 @@ def bank_from_features(
         series_uids=list(train.series_uids),
         thumbnails=train.thumbnails,
         null=null,
+        combination=combination,
         manifest=manifest,
     )
 

@@ -3,8 +3,8 @@
 Adjacent slices of one scan are near duplicates, so the null is built from whole
 training volumes held out of the bank (cross-fitted: every volume is held out once),
 never from a slice-level split. MI is the calibrated tail probability of that null, with
-the upper tail modelled by a generalised Pareto fit, so MI near 1 is resolved beyond the
-1/n resolution of the empirical null.
+the upper tail modelled by a generalised Pareto fit (never lighter than exponential), so
+MI near 1 is resolved beyond the 1/n resolution of the empirical null.
 """
 
 from __future__ import annotations
@@ -125,9 +125,14 @@ def _fit_tail(excess: np.ndarray) -> tuple[float, float]:
             return 0.0, mean_excess
     if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0) or shape > 1.0:
         return 0.0, mean_excess
-    # A very negative shape puts the tail's end at the largest observation: nothing beyond
-    # it would get any probability. Limit it so a slice just above the null keeps p > 0.
-    return float(max(shape, -0.5)), float(scale)
+    if shape < 0:
+        # A negative shape puts a hard end on the tail, just past the largest null value:
+        # a novel slice a hair above it would get p = 0. Similarities are bounded, so the
+        # true tail is light, but with a few hundred null samples that end is guesswork;
+        # an exponential tail (shape 0) is the conservative choice and still resolves far
+        # beyond 1/n for a real copy.
+        return 0.0, mean_excess
+    return float(shape), float(scale)
 
 
 def volume_folds(n_volumes: int, folds: int, seed: int = 0) -> list[np.ndarray]:

@@ -97,11 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=("none", "hflip", "vflip"),
         help="query-time views, from none,hflip,vflip,hvflip (default none,hflip,vflip)",
     )
-    b.add_argument("--top-k", type=int, default=10, help="candidates per layer")
+    b.add_argument("--top-k", type=int, default=10, help="stage-1 candidates per layer")
+    b.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="feature matching only: skip the geometric verification stage",
+    )
+    b.add_argument("--verify-k", type=int, default=24, help="stage-1 candidates aligned in stage 2")
     b.add_argument(
         "--calibration-folds",
         type=int,
-        default=5,
+        default=10,
         help="held-out share of training volumes = 1/folds; every volume is held out once",
     )
     b.add_argument("--null-max-slices", type=int, default=3000)
@@ -172,6 +179,8 @@ def _build_bank(args, progress) -> int:
         stride=args.stride,
         flips=args.flips,
         top_k=args.top_k,
+        verify=args.verify,
+        verify_k=args.verify_k,
         calibration_folds=args.calibration_folds,
         null_max_slices=args.null_max_slices,
         denoise_sigma=args.denoise_sigma,

@@ -103,6 +103,7 @@ class FeatureSet:
     series_uids: list[str]
     volume_warnings: list[list[str]]
     thumbnails: np.ndarray
+    thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     skipped: list[SkippedInput] = field(default_factory=list)
     volume_data: list[ScanVolume] | None = None
 
@@ -157,6 +158,7 @@ def extract_features(
     volume_uids: list[str] = []
     warnings: list[list[str]] = []
     thumbs: list[np.ndarray] = []
+    thumb_mm: list[np.ndarray] = []
     skipped: list[SkippedInput] = []
     kept_volumes: list[ScanVolume] = []
     offset = 0
@@ -196,6 +198,9 @@ def extract_features(
             volume_uids.append(volume.series_uid)
             warnings.append(list(volume.warnings))
             thumbs.append(thumbnails(volume.slices, volume.pixel_spacing, thumbnail_size))
+            rows_mm = volume.slices.shape[1] * volume.pixel_spacing[0]
+            cols_mm = volume.slices.shape[2] * volume.pixel_spacing[1]
+            thumb_mm.append(np.full(len(volume), max(rows_mm, cols_mm) / thumbnail_size))
             if keep_volumes:
                 kept_volumes.append(volume)
             offset += len(volume)
@@ -224,6 +229,7 @@ def extract_features(
             if thumbs
             else np.zeros((0, thumbnail_size, thumbnail_size), np.uint8)
         ),
+        thumbnail_mm=np.concatenate(thumb_mm) if thumb_mm else np.zeros(0),
         skipped=skipped,
         volume_data=kept_volumes if keep_volumes else None,
     )

@@ -100,6 +100,28 @@ def _histogram_svg(synthetic: np.ndarray, null: np.ndarray, width=560, height=20
     return "".join(parts)
 
 
+def aligned_thumbnail(match: np.ndarray, alignment, i: int) -> np.ndarray:
+    import torch
+
+    from .verification import _sampling_theta, warp
+
+    theta = _sampling_theta(
+        alignment.flip[i], alignment.angle[i], alignment.scale[i], alignment.shift[i], len(match)
+    )
+    image = torch.from_numpy(match.astype(np.float32))[None]
+    return warp(image, theta[None])[0].numpy().round().clip(0, 255).astype(np.uint8)
+
+
+def pose_text(row: dict) -> str:
+    text = f"{row['transform']}"
+    if "verified_ncc" in row:
+        text += (
+            f", {row['angle_deg']:+.1f}°, shift ({row['shift_x_mm']:+.1f}, "
+            f"{row['shift_y_mm']:+.1f}) mm, scale {row['scale']:.2f}; NCC {row['verified_ncc']:.3f}"
+        )
+    return text
+
+
 def render_html(result: ScoreResult, bank: FeatureBank) -> str:
     s = result.summary
     esc = html.escape
@@ -111,10 +133,14 @@ def render_html(result: ScoreResult, bank: FeatureBank) -> str:
     for i in order:
         r = result.slices[int(i)]
         query = result.query_thumbnails[int(i)]
-        # Show the query as the matched view saw it, so the copy lines up with its match.
-        axes = tuple(FLIPS[r["transform"]])
-        query = np.flip(query, axis=axes) if axes else query
         match = bank.thumbnails[int(result.match_rows[int(i)])]
+        if result.alignment is not None:
+            # The training slice moved onto the synthetic one by the verified pose.
+            match = aligned_thumbnail(match, result.alignment, int(i))
+        else:
+            # Show the query as the matched view saw it, so the copy lines up with its match.
+            axes = tuple(FLIPS[r["transform"]])
+            query = np.flip(query, axis=axes) if axes else query
         imgs = "".join(
             f'<figure><img src="{png_data_uri(im)}" width="128" height="128" alt="{cap}">'
             f"<figcaption>{cap}</figcaption></figure>"
@@ -128,7 +154,7 @@ def render_html(result: ScoreResult, bank: FeatureBank) -> str:
             f'<div class="card{" flag" if r["flagged"] else ""}"><div class="imgs">{imgs}</div>'
             f"<p><b>{esc(r['volume'])}</b> slice {r['slice_index']}<br>"
             f"matches <b>{esc(r['match_volume'])}</b> slice {r['match_slice']} "
-            f"(view: {esc(r['transform'])})<br>MI {r['mi']:.6f} &middot; p {r['p_value']:.2e} "
+            f"({esc(pose_text(r))})<br>MI {r['mi']:.6f} &middot; p {r['p_value']:.2e} "
             f"&middot; ONI {r['oni']:+.3f} &middot; similarity {r['similarity']:.4f}</p></div>"
         )
     vol_rows = "".join(

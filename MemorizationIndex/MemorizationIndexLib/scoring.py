@@ -11,16 +11,16 @@ dependent slices, so a volume is flagged at about rate alpha when it is genuinel
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .bank import FeatureBank, encoder_for
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
-from .matching import best_over_views
 from .progress import CancelCallback, ProgressCallback
 from .scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans
+from .verification import Alignments
 
 HIGH_QUANTILE = 0.9
 
@@ -36,7 +36,7 @@ class ScoreResult:
     query_thumbnails: np.ndarray
     match_rows: np.ndarray
     alpha: float
-    extra: dict = field(default_factory=dict)
+    alignment: Alignments | None = None
 
     def flagged_volumes(self) -> list[dict]:
         return [v for v in self.volumes if v["flagged"]]
@@ -85,24 +85,22 @@ def score_features(
     """The scoring core on already-extracted features (the benchmark calls it directly)."""
     check_alpha(alpha)
     settings = bank.settings
-    n = len(queries)
-    views = []
-    for flip in settings.flips:
-        rows, feats = queries.view(flip)
-        if len(rows):
-            views.append((rows, bank.match(bank.whiten(feats))))
-    if n:
-        best, chosen = best_over_views(views, n)
-    p = bank.null.p_value(best.similarity) if n else np.zeros(0)
+    stages = bank.match(queries)
+    best = stages.stage1
+    chosen = stages.view
+    match_rows = stages.match
+    statistic = bank.statistic(stages)
+    p = bank.null.p_value(statistic)
     mi = 1.0 - p
-    oni = bank.null.oni(best.similarity) if n else np.zeros(0)
+    oni = bank.null.oni(statistic)
     flagged = p <= alpha
     flips = list(settings.flips)
     layers = settings.layers
+    al = stages.alignment
 
     slice_rows = []
     for i, info in enumerate(queries.slices):
-        match = bank.slice_info(int(best.match[i]))
+        match = bank.slice_info(int(match_rows[i]))
         row = {
             "volume": info.volume,
             "series_uid": info.series_uid,
@@ -121,10 +119,26 @@ def score_features(
             "match_position_x": match.position[0],
             "match_position_y": match.position[1],
             "match_position_z": match.position[2],
-            "transform": flips[int(chosen[i])],
-            "margin": float(best.margin[i]),
-            "agreement": float(best.agreement[i]),
+            "score": float(statistic[i]),
+            "view": flips[int(chosen[i])],
         }
+        if al is not None:
+            mm = float(queries.thumbnail_mm[i])
+            row.update(
+                {
+                    "verified_ncc": float(al.score[i]),
+                    "transform": al.flip[i],
+                    "angle_deg": float(al.angle[i]),
+                    "shift_x_mm": float(al.shift[i, 0]) * mm,
+                    "shift_y_mm": float(al.shift[i, 1]) * mm,
+                    "scale": float(al.scale[i]),
+                }
+            )
+        else:
+            row.update({"transform": flips[int(chosen[i])], "angle_deg": 0.0})
+            row.update({"shift_x_mm": 0.0, "shift_y_mm": 0.0, "scale": 1.0})
+        row["margin"] = float(best.margin[i])
+        row["agreement"] = float(best.agreement[i])
         for j, layer in enumerate(layers):
             row[f"layer{layer}_similarity"] = float(best.layer_cosine[i, j])
         row["top_matches"] = ";".join(
@@ -174,8 +188,9 @@ def score_features(
         summary=summary,
         skipped=skipped,
         query_thumbnails=queries.thumbnails,
-        match_rows=best.match if n else np.zeros(0, np.int64),
+        match_rows=match_rows,
         alpha=alpha,
+        alignment=al,
     )
 
 

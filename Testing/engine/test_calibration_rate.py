@@ -32,22 +32,39 @@ def volumes(template_image, seeds, options):
 
 
 def test_flag_rate_on_novel_volumes_is_near_alpha():
-    settings = BankSettings(image_size=48, layers=TINY_LAYERS, flips=("none",), stride=1)
+    """Both stages (features, then verification), as the defaults run."""
+    settings = BankSettings(
+        image_size=48,
+        layers=TINY_LAYERS,
+        flips=("none",),
+        stride=2,
+        verify_k=8,  # fewer candidates than the default keeps this test quick
+        thumbnail_size=48,
+    )
     encoder, info = build_encoder(None, 48, TINY_LAYERS, config=tiny_encoder_config())
     extractor = FeatureExtractor(encoder, settings.preprocess_spec(), "cpu", 64)
     template = load_template(3.0)
     options = settings.read_options()
     train = extract_features(
-        volumes(template, range(100, 124), options), extractor, TINY_LAYERS, options
+        volumes(template, range(100, 124), options),
+        extractor,
+        TINY_LAYERS,
+        options,
+        thumbnail_size=settings.thumbnail_size,
     )
     bank = bank_from_features(train, settings, info)
     novel = extract_features(
-        volumes(template, range(200, 230), options), extractor, TINY_LAYERS, options
+        volumes(template, range(200, 230), options),
+        extractor,
+        TINY_LAYERS,
+        options,
+        thumbnail_size=settings.thumbnail_size,
     )
     result = score_features(bank, novel, alpha=0.01)
     flagged = np.array([r["flagged"] for r in result.slices])
-    assert len(flagged) > 1200
+    assert len(flagged) > 600
     rate = flagged.mean()
     assert 0.002 <= rate <= 0.03, rate
-    # And the volume-level (Simes) verdict rarely fires on novel volumes.
-    assert sum(v["flagged"] for v in result.volumes) <= 2
+    # And the volume-level (Simes) verdict rarely fires on novel volumes: at alpha = 0.01,
+    # 4 or more of 30 would happen with probability 3e-4 for independent volumes.
+    assert sum(v["flagged"] for v in result.volumes) <= 3

@@ -63,9 +63,9 @@ def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "3 of 6 volumes flagged" in out and "report.html" in out
+    assert "4 of 7 volumes flagged" in out and "report.html" in out
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["n_volumes"] == 6
+    assert summary["n_volumes"] == 7
     assert {p.name for p in report.iterdir()} == {
         "slices.csv",
         "volumes.csv",

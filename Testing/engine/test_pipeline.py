@@ -36,7 +36,8 @@ def test_copies_are_flagged_and_novel_subjects_are_not(small_cohort, result):
         if m.role == "copy":
             assert v["flagged"], (m.augmentation, v)
             assert Path(v["match_volume"]).name == Path(m.source).name
-            assert v["fraction_flagged"] > 0.8
+            # Rotations defeat stage 1 on a few edge-of-head slices; the rest hold.
+            assert v["fraction_flagged"] > (0.75 if m.augmentation.startswith("rotate") else 0.85)
             assert v["longest_run"] >= 5
         else:
             assert not v["flagged"], v
@@ -52,6 +53,19 @@ def test_flipped_copy_is_matched_through_the_flip_view(small_cohort, result):
     assert all(r["transform"] == "hflip" for r in rows)
     # An exact (flipped) copy: the matched training slice is the same slice index.
     assert all(r["match_slice"] == r["slice_index"] for r in rows)
+
+
+def test_rotated_copy_is_aligned_by_verification(small_cohort, result):
+    _, members = small_cohort
+    truth = truth_of(members)
+    rotated = [v for v in result.volumes if truth[v["volume"]].augmentation == "rotate-10"]
+    rows = [r for r in result.slices if r["volume"] == rotated[0]["volume"] and r["flagged"]]
+    angles = np.array([r["angle_deg"] for r in rows])
+    assert rotated[0]["flagged"] and len(rows) >= 0.8 * rotated[0]["n_slices"]
+    # One angle for the whole volume (the augmentation rotates every slice alike).
+    assert np.ptp(np.median(angles) - angles) < 3.0 and abs(np.median(angles)) > 0.5
+    ncc = np.array([r["verified_ncc"] for r in rows])
+    assert np.median(ncc) > 0.95 and np.mean(ncc > 0.9) >= 0.8
 
 
 def test_slice_evidence_is_consistent(result):
@@ -76,7 +90,7 @@ def test_outputs_follow_the_column_contract(small_bank, result, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["untrained_encoder"] is True
     assert "untrained" in summary["encoder"]["name"]
-    assert summary["n_volumes"] == 6 and "calibration" in summary and "skipped" in summary
+    assert summary["n_volumes"] == 7 and "calibration" in summary and "skipped" in summary
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 * 3
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained: nothing fetched
