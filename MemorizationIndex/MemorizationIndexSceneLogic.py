@@ -345,7 +345,7 @@ class MemorizationIndexSceneLogic:
             f"({s.axis}, {s.image_size} px, layers {', '.join(map(str, s.layers))}); "
             f"encoder: {bank.encoder.get('name')}"
         )
-        if not bank.trained_encoder:
+        if not bank.trained_encoder and "untrained" not in text.lower():
             text += ". UNTRAINED encoder: results are for testing the pipeline only."
         return text
 
