@@ -61,10 +61,10 @@ def logic_calls(source):
 
 def test_readme_console_example_is_the_tested_one():
     """The README shows the same logic calls the tested example makes, and only real ones."""
-    blocks = python_blocks(README_SECTION.read_text())
+    blocks = python_blocks(README_SECTION.read_text(encoding="utf-8"))
     assert blocks, "the README section has no python example"
     shown = set().union(*(logic_calls(b) for b in blocks))
-    module = ast.parse(Path(console_example.__file__).read_text())
+    module = ast.parse(Path(console_example.__file__).read_text(encoding="utf-8"))
     function = next(n for n in module.body if getattr(n, "name", "") == "consoleExample")
     tested = logic_calls(ast.unparse(function))
     assert tested <= shown, tested - shown
@@ -74,7 +74,7 @@ def test_readme_console_example_is_the_tested_one():
 
 
 def test_readme_pictures_exist():
-    text = README_SECTION.read_text()
+    text = README_SECTION.read_text(encoding="utf-8")
     root = HERE.parents[1]
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert {Path(p).name for p in pictures} >= {"synthetic.png", "match.png", "blend.png"}

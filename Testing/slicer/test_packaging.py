@@ -47,12 +47,16 @@ def cmake_value(text, variable):
 
 @pytest.fixture(scope="module")
 def module_cmake():
-    return (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MemorizationIndex")
+    return (
+        (MODULE / "CMakeLists.txt")
+        .read_text(encoding="utf-8")
+        .replace("${MODULE_NAME}", "MemorizationIndex")
+    )
 
 
 @pytest.fixture(scope="module")
 def extension_cmake():
-    return (ROOT / "CMakeLists.txt").read_text()
+    return (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_module_cmake_lists_every_engine_file_and_module_script(module_cmake):
@@ -95,7 +99,7 @@ def test_extension_metadata_is_complete_and_points_at_real_files(extension_cmake
 
 
 def test_catalog_entry_follows_the_extensions_index_schema(extension_cmake):
-    entry = json.loads(CATALOG_ENTRY.read_text())
+    entry = json.loads(CATALOG_ENTRY.read_text(encoding="utf-8"))
     assert set(entry) <= CATALOG_KEYS and CATALOG_REQUIRED <= set(entry)
     assert entry["$schema"] == CATALOG_SCHEMA
     assert entry["category"] == cmake_value(extension_cmake, "EXTENSION_CATEGORY")
@@ -127,17 +131,21 @@ def requirement_name(line):
 def test_requirements_agree_with_the_engines_dependencies():
     lines = [
         line.strip()
-        for line in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+        for line in (MODULE / "Resources" / "requirements.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "dependencies"
+    ]
     engine = {requirement_name(d): d.replace(" ", "") for d in project}
     listed = {requirement_name(line): line.replace(" ", "") for line in lines}
     assert set(listed) == set(engine) - SHIPS_WITH_SLICER
     for name, spec in listed.items():
         assert spec == engine[name], name
     # The module checks for each of them by its import name before installing anything.
-    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text())
+    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text(encoding="utf-8"))
     imports = next(
         ast.literal_eval(n.value)
         for n in tree.body
@@ -148,7 +156,7 @@ def test_requirements_agree_with_the_engines_dependencies():
 
 def top_level_imports(path):
     names = set()
-    for node in ast.parse(Path(path).read_text()).body:
+    for node in ast.parse(Path(path).read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -172,7 +180,7 @@ def test_the_engine_never_imports_slicer_or_qt_at_top_level():
 
 
 def test_module_file_has_the_four_slicer_classes():
-    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text())
+    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text(encoding="utf-8"))
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     bases = {name: {ast.unparse(b) for b in c.bases} for name, c in classes.items()}
     assert "ScriptedLoadableModule" in bases["MemorizationIndex"]

@@ -34,7 +34,7 @@ def ui():
 
 @pytest.fixture(scope="module")
 def module_ast():
-    return ast.parse(MODULE_FILE.read_text())
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
 
 
 def widgets(ui):
