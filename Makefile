@@ -3,35 +3,42 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 OUT ?= demo-output
 
-.PHONY: venv test lint format demo bench clean
+.PHONY: venv venv-test test lint format demo bench clean
 
 venv: $(STAMP)
+venv-test: $(TEST_STAMP)
 
 # torch==2.13.0 is the CPU build that lies on the machines' disk; pip takes it without a download.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet torch
-	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet -e ".[demo]"
 	touch $(STAMP)
 
-lint: venv
+# The test tools (slicer-core, vtk, pytest, ruff) only where tests run: the demo needs none.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,demo]"
+	touch $(TEST_STAMP)
+
+lint: venv-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: venv
+format: venv-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: venv lint
+test: venv-test lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 demo: venv
 	$(VENV)/bin/memorization-index demo --out $(OUT)
 
-bench: venv
+bench: venv-test
 	$(PY) Testing/benchmarks/run_benchmarks.py --out bench-output
 
 clean:

@@ -172,7 +172,7 @@ def matchPlacementMatrix(
 
 
 def poseOfRow(row):
-    """(flip, angle in degrees, thumbnail-pixel scale, (shift columns, shift rows) mm, verified).
+    """(flip, angle in degrees, physical scale, (shift columns, shift rows) mm, verified).
 
     Rows scored with verification carry the aligned pose of the match; rows of a bank
     without it carry only the flip of the query view that matched.
@@ -194,23 +194,6 @@ def snapPose(angleDeg, scale, shiftMM):
     angleDeg = 0.0 if abs(angleDeg) < 0.25 else angleDeg
     scale = 1.0 if abs(scale - 1.0) < 0.005 else scale
     return angleDeg, scale, tuple(0.0 if abs(x) < 0.1 else x for x in shiftMM)
-
-
-def sliceExtentMM(volumeNode, axis):
-    """Longer physical side of a volume's slices along `axis` (the engine's thumbnail side)."""
-    direction = canonicalDirection(volumeDirectionLPS(volumeNode))
-    raw = volumeDirectionLPS(volumeNode)
-    dims = volumeNode.GetImageData().GetDimensions()
-    spacing = volumeNode.GetSpacing()
-    extent = []
-    for c in range(3):  # canonical x, y, z: the node axis that runs along each
-        nodeAxis = int(np.argmax(np.abs(raw.T @ direction[:, c])))
-        extent.append(dims[nodeAxis] * spacing[nodeAxis])
-    rows, cols = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}[axis]
-    return max(extent[rows], extent[cols])
-
-
-# ---- volume nodes <-> SimpleITK images ----------------------------------------------------
 
 
 def imageFromVolumeNode(volumeNode):
@@ -726,9 +709,8 @@ class MemorizationIndexSceneLogic:
         axis = axis or (self.bank.settings.axis if self.bank is not None else "axial")
         flip, angle, scale, shift, verified = poseOfRow(row)
         if verified:
-            # The pose was found between thumbnails, which scale each slice's longer side to
-            # the same number of pixels: turn its pixel scale into a physical one.
-            scale *= sliceExtentMM(syntheticNode, axis) / sliceExtentMM(matchNode, axis)
+            # The engine reports a physical pose (scale already corrected for the two
+            # slices' pixel sizes); sub-resolution noise in it is snapped away.
             angle, scale, shift = snapPose(angle, scale, shift)
         matrix = matchPlacementMatrix(
             (row["position_x"], row["position_y"], row["position_z"]),

@@ -21,7 +21,7 @@ from .calibration import NullModel, volume_folds
 from .encoder import EncoderConfig, EncoderInfo, build_encoder
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
-from .matching import exact_index
+from .matching import exact_index, index_vectors
 from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, SkippedInput, SliceInfo, find_scans
@@ -113,13 +113,16 @@ class FeatureBank:
     volumes: list[str]
     series_uids: list[str]
     thumbnails: np.ndarray
+    thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     null: NullModel
     combination: Combination = field(default_factory=lambda: Combination(verify=False))
     manifest: dict = field(default_factory=dict)
     path: str | None = None
 
     def __post_init__(self):
+        # faiss keeps its own copy of the vectors; use it as ours so a bank sits in memory once.
         self._indexes = [exact_index(v) for v in self.vectors]
+        self.vectors = [index_vectors(index) for index in self._indexes]
 
     def __len__(self) -> int:
         return len(self.volume_ids)
@@ -177,6 +180,7 @@ class FeatureBank:
             np.save(tmp / "slice_indices.npy", self.slice_indices.astype(np.int64))
             np.save(tmp / "slice_positions.npy", self.positions.astype(np.float64))
             np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
+            np.save(tmp / "thumbnail_mm.npy", self.thumbnail_mm.astype(np.float64))
             np.savez(tmp / "null.npz", **self.null.to_arrays())
             if self.combination.verify:
                 np.savez(tmp / "null_stages.npz", **self.combination.to_arrays())
@@ -257,6 +261,7 @@ class FeatureBank:
             volumes=[v["path"] for v in volumes],
             series_uids=[v.get("series_uid", "") for v in volumes],
             thumbnails=arr("thumbnails.npy"),
+            thumbnail_mm=arr("thumbnail_mm.npy"),
             null=NullModel.from_arrays({k: null_arrays[k] for k in null_arrays.files}),
             combination=Combination.from_arrays(
                 settings.verify,
@@ -413,6 +418,7 @@ def bank_from_features(
         volumes=list(train.volumes),
         series_uids=list(train.series_uids),
         thumbnails=train.thumbnails,
+        thumbnail_mm=train.thumbnail_mm,
         null=null,
         combination=combination,
         manifest=manifest,

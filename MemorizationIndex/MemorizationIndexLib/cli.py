@@ -26,7 +26,7 @@ class TqdmProgress:
         self.bar = None
         self.stage = None
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: float, total: int) -> None:
         if self.quiet:
             return
         from tqdm import tqdm
@@ -35,7 +35,7 @@ class TqdmProgress:
             self.close()
             self.stage = stage
             self.bar = tqdm(total=total or None, desc=stage, unit="vol", file=sys.stderr)
-        self.bar.n = done
+        self.bar.n = round(done, 2)
         self.bar.refresh()
 
     def close(self) -> None:

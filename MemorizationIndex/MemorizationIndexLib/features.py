@@ -58,10 +58,16 @@ class FeatureExtractor:
         self.batch_size = int(batch_size)
 
     @torch.inference_mode()
-    def encode(self, batch: torch.Tensor) -> list[np.ndarray]:
-        """[n, 3, S, S] -> one float32 [n, D] array per requested layer."""
+    def encode(self, batch: torch.Tensor, tick=None) -> list[np.ndarray]:
+        """[n, 3, S, S] -> one float32 [n, D] array per requested layer.
+
+        tick(done, n) runs before each encoder batch: callers report progress and honour
+        Cancel there, so a large volume never freezes a user interface.
+        """
         outputs: list[list[np.ndarray]] | None = None
         for start in range(0, len(batch), self.batch_size):
+            if tick is not None:
+                tick(start, len(batch))
             chunk = batch[start : start + self.batch_size].to(self.device, non_blocking=True)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -78,11 +84,11 @@ class FeatureExtractor:
         return [np.concatenate(parts, axis=0) for parts in outputs]
 
     def slice_features(
-        self, volume: ScanVolume, flip: str = "none", rows: np.ndarray | None = None
+        self, volume: ScanVolume, flip: str = "none", rows: np.ndarray | None = None, tick=None
     ) -> list[np.ndarray]:
         """Features of a volume's kept slices (or the given rows of them) under one flip."""
         slices = volume.slices if rows is None else volume.slices[rows]
-        return self.encode(prepare_slices(slices, volume.pixel_spacing, self.spec, flip))
+        return self.encode(prepare_slices(slices, volume.pixel_spacing, self.spec, flip), tick)
 
 
 @dataclass
@@ -182,13 +188,23 @@ def extract_features(
             if volume is None:
                 report(progress, stage, i + 1, len(sources))
                 continue
-            layer_feats = extractor.slice_features(volume)
+            rows = _evenly_spaced(len(volume), per_volume)
+            passes = 1 + len(extra_flips)
+
+            def tick(done, n, view=0, volume_index=i, views=passes):
+                # Fractional progress within the volume; Cancel is honoured per batch.
+                check_cancel(cancel)
+                share = (view + done / max(n, 1)) / views
+                report(progress, stage, volume_index + share, len(sources))
+
+            layer_feats = extractor.slice_features(volume, tick=tick)
             for store, feats in zip(per_layer, layer_feats, strict=True):
                 store.append(feats)
-            rows = _evenly_spaced(len(volume), per_volume)
-            for flip in extra_flips:
+            for view, flip in enumerate(extra_flips, start=1):
                 check_cancel(cancel)
-                feats = extractor.slice_features(volume, flip, rows)
+                feats = extractor.slice_features(
+                    volume, flip, rows, tick=lambda d, n, v=view, t=tick: t(d, n, v)
+                )
                 for store, f in zip(flip_parts[flip], feats, strict=True):
                     store.append(f)
                 flip_rows[flip].append(rows + offset)

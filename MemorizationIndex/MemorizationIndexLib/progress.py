@@ -1,6 +1,7 @@
 """Progress and cancellation hooks shared by the CLI (tqdm bars) and Slicer (its own bar).
 
-A progress callback receives (stage, done, total); total is 0 while unknown. A cancel
+A progress callback receives (stage, done, total); total is 0 while unknown, and done may be
+fractional (a volume part-way through the encoder). A cancel
 callback returns True when the user asked to stop; long loops call `check_cancel` often.
 """
 
@@ -10,11 +11,11 @@ from collections.abc import Callable
 
 from .errors import CancelledError
 
-ProgressCallback = Callable[[str, int, int], None]
+ProgressCallback = Callable[[str, float, int], None]
 CancelCallback = Callable[[], bool]
 
 
-def report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
+def report(progress: ProgressCallback | None, stage: str, done: float, total: int) -> None:
     if progress is not None:
         progress(stage, done, total)
 

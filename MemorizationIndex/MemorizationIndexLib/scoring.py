@@ -123,7 +123,10 @@ def score_features(
             "view": flips[int(chosen[i])],
         }
         if al is not None:
+            # Thumbnail pixels -> millimetres: the shift is in the query's pixels; the scale
+            # also carries the ratio of the two slices' pixel sizes.
             mm = float(queries.thumbnail_mm[i])
+            mm_match = float(bank.thumbnail_mm[int(match_rows[i])])
             row.update(
                 {
                     "verified_ncc": float(al.score[i]),
@@ -131,7 +134,7 @@ def score_features(
                     "angle_deg": float(al.angle[i]),
                     "shift_x_mm": float(al.shift[i, 0]) * mm,
                     "shift_y_mm": float(al.shift[i, 1]) * mm,
-                    "scale": float(al.scale[i]),
+                    "scale": float(al.scale[i]) * mm / mm_match,
                 }
             )
         else:

@@ -47,8 +47,9 @@ class VerifySettings:
 @dataclass
 class Alignments:
     """Best aligned candidate per query. The pose maps the training slice onto the query:
-    flip first (about the slice centre), then rotate by angle (degrees, counter-clockwise
-    in display), scale, then shift (dx, dy in thumbnail pixels: columns, rows)."""
+    flip first (about the slice centre), then rotate by angle (degrees; positive turns the
+    +x axis (columns) towards +y (rows), which is clockwise on screen with rows running
+    down), scale, then shift (dx, dy in thumbnail pixels: columns, rows)."""
 
     score: np.ndarray  # foreground NCC of the aligned pair, [-1, 1]
     candidate: np.ndarray  # bank row

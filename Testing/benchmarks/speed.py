@@ -367,6 +367,7 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
         "volumes": [f"volume-{i}" for i in range(n_volumes)],
         "series_uids": [""] * n_volumes,
         "thumbnails": np.zeros((0, 1, 1), np.uint8),
+        "thumbnail_mm": np.ones(0),
         "null": NullModel.fit(rng.normal(0.3, 0.05, 2000)),
         "manifest": {},
         "path": None,
