@@ -14,7 +14,15 @@ from slicer_test_helpers import (
 )
 
 HERE = Path(__file__).resolve().parent
-README_SECTION = HERE / "README_in_slicer.md"
+README = HERE.parents[1] / "README.md"
+
+
+def readme_section() -> str:
+    """The README's "In 3D Slicer" section, up to the next top-level heading."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## In 3D Slicer")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
 
 
 def test_console_example_builds_scores_and_overlays(training_set, scene_and_app, tmp_path, capsys):
@@ -61,7 +69,7 @@ def logic_calls(source):
 
 def test_readme_console_example_is_the_tested_one():
     """The README shows the same logic calls the tested example makes, and only real ones."""
-    blocks = python_blocks(README_SECTION.read_text(encoding="utf-8"))
+    blocks = python_blocks(readme_section())
     assert blocks, "the README section has no python example"
     shown = set().union(*(logic_calls(b) for b in blocks))
     module = ast.parse(Path(console_example.__file__).read_text(encoding="utf-8"))
@@ -74,7 +82,7 @@ def test_readme_console_example_is_the_tested_one():
 
 
 def test_readme_pictures_exist():
-    text = README_SECTION.read_text(encoding="utf-8")
+    text = readme_section()
     root = HERE.parents[1]
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert {Path(p).name for p in pictures} >= {"synthetic.png", "match.png", "blend.png"}
