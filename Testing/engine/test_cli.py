@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from MemorizationIndexLib.cli import main
@@ -56,16 +57,21 @@ def test_build_bank_with_the_real_vit_b(small_cohort, tmp_path, capsys):
 def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
     root, _ = small_cohort
     _, bank = small_bank
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(root / "synthetic", synthetic)
+    (synthetic / "broken.nii.gz").write_bytes(b"not a NIfTI file at all")
     report = tmp_path / "report"
     code = main(
-        ["score", str(bank), str(root / "synthetic"), "--out", str(report), "--stride", "2"]
-        + ["--quiet"]
+        ["score", str(bank), str(synthetic), "--out", str(report), "--stride", "2", "--quiet"]
     )
     assert code == 0
     out = capsys.readouterr().out
     assert "4 of 7 volumes flagged" in out and "report.html" in out
+    assert "broken.nii.gz" in out  # skipped, and said so
     summary = json.loads((report / "summary.json").read_text())
     assert summary["n_volumes"] == 7
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["broken.nii.gz"]
+    assert summary["skipped"][0]["reason"]
     assert {p.name for p in report.iterdir()} == {
         "slices.csv",
         "volumes.csv",
