@@ -25,7 +25,7 @@ from .matching import exact_index, index_vectors
 from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, SkippedInput, SliceInfo, find_scans
-from .twostage import Combination, StageResult, run_stages
+from .twostage import Combination, StageResult, pixel_index_of, run_stages
 from .verification import Verifier
 from .whitening import Whitener
 
@@ -50,6 +50,7 @@ class BankSettings:
     denoise_sigma: float = 1.0
     verify: bool = True
     verify_k: int = 24
+    pixel_k: int = 8
     seed: int = 0
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
@@ -71,6 +72,8 @@ class BankSettings:
             raise SettingsError(
                 f"--calibration-folds must be at least 2 (got {self.calibration_folds})."
             )
+        if self.pixel_k < 0:
+            raise SettingsError(f"--pixel-k must be >= 0 (got {self.pixel_k}).")
         if self.verify and self.verify_k < 1:
             raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
         if self.denoise_sigma < 0:
@@ -160,7 +163,15 @@ class FeatureBank:
             queries.thumbnails,
             self.thumbnails,
             verifier,
+            pixel_index=self.pixel_index() if self.settings.verify else None,
+            pixel_k=self.settings.pixel_k,
         )
+
+    def pixel_index(self):
+        """The thumbnails' Fourier-descriptor index, built on first use."""
+        if getattr(self, "_pixel_index", None) is None:
+            self._pixel_index = pixel_index_of(self.thumbnails)
+        return self._pixel_index
 
     def statistic(self, result: StageResult) -> np.ndarray:
         """The per-slice statistic that MI and ONI calibrate."""
@@ -369,6 +380,8 @@ def cross_fitted_null(
             train.thumbnails[query_rows],
             train.thumbnails[in_bank],
             verifier,
+            pixel_index=pixel_index_of(train.thumbnails[in_bank]) if settings.verify else None,
+            pixel_k=settings.pixel_k,
         )
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:

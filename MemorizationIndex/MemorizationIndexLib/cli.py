@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--verify-k", type=int, default=24, help="stage-1 candidates aligned in stage 2")
     b.add_argument(
+        "--pixel-k",
+        type=int,
+        default=8,
+        help="extra stage-2 candidates from shift-invariant pixel descriptors",
+    )
+    b.add_argument(
         "--calibration-folds",
         type=int,
         default=10,
@@ -181,6 +187,7 @@ def _build_bank(args, progress) -> int:
         top_k=args.top_k,
         verify=args.verify,
         verify_k=args.verify_k,
+        pixel_k=args.pixel_k,
         calibration_folds=args.calibration_folds,
         null_max_slices=args.null_max_slices,
         denoise_sigma=args.denoise_sigma,

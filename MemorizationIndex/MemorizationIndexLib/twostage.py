@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import NullModel
-from .matching import Matches, best_over_views, match_queries
+from .fourier import fourier_descriptors
+from .matching import Matches, best_over_views, exact_index, match_queries
 from .verification import Alignments, Verifier
 
 MIN_P = 1e-300  # p-values below this are "beyond anything the null produced"
@@ -52,6 +53,21 @@ def pooled_candidates(views: list[tuple[np.ndarray, Matches]], n: int, m: int) -
     return out
 
 
+def merge_candidates(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per row, the distinct rows of `first` then those of `second` not already there."""
+    out = np.zeros((len(first), first.shape[1] + second.shape[1]), np.int64)
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        rows = list(dict.fromkeys([*a.tolist(), *b.tolist()]))
+        out[i, : len(rows)] = rows
+        out[i, len(rows) :] = rows[-1]
+    return out
+
+
+def pixel_index_of(thumbnails: np.ndarray):
+    """Exact index over the Fourier descriptors of bank thumbnails (see fourier.py)."""
+    return exact_index(fourier_descriptors(thumbnails))
+
+
 def run_stages(
     view_queries: list[tuple[np.ndarray, list[np.ndarray]]],
     n: int,
@@ -64,9 +80,15 @@ def run_stages(
     bank_thumbnails: np.ndarray | None = None,
     verifier: Verifier | None = None,
     chunk: int = 1024,
+    pixel_index=None,
+    pixel_k: int = 0,
 ) -> StageResult:
     """Both stages for n queries. view_queries: (rows, whitened per-layer features) per view;
-    the first view is the identity and covers every row. verify_k = 0 skips stage 2."""
+    the first view is the identity and covers every row. verify_k = 0 skips stage 2.
+
+    pixel_index (an exact index over the bank thumbnails' Fourier descriptors) adds each
+    query's pixel_k nearest slices under that shift-invariant descriptor to the candidates.
+    """
     views = []
     for rows, feats in view_queries:
         if len(rows) == 0:
@@ -86,6 +108,10 @@ def run_stages(
     alignment = None
     if verify_k > 0:
         candidates = pooled_candidates(views, n, verify_k)
+        if pixel_index is not None and pixel_k > 0:
+            k = min(pixel_k, pixel_index.ntotal)
+            _, near = pixel_index.search(fourier_descriptors(query_thumbnails), k)
+            candidates = merge_candidates(candidates, near)
         alignment = (verifier or Verifier()).align(query_thumbnails, bank_thumbnails, candidates)
     return StageResult(stage1, view, alignment)
 
