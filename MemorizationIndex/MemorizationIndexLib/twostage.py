@@ -15,7 +15,7 @@ import numpy as np
 
 from .calibration import NullModel
 from .fourier import fourier_descriptors
-from .matching import Matches, best_over_views, exact_index, match_queries
+from .matching import Matches, best_over_views, concat_matches, exact_index, match_queries
 from .verification import Alignments, Verifier
 
 MIN_P = 1e-300  # p-values below this are "beyond anything the null produced"
@@ -103,7 +103,7 @@ def run_stages(
             )
             for s in range(0, len(rows), chunk)
         ]
-        views.append((rows, _concat(parts)))
+        views.append((rows, concat_matches(parts)))
     stage1, view = best_over_views(views, n)
     alignment = None
     if verify_k > 0:
@@ -114,12 +114,6 @@ def run_stages(
             candidates = merge_candidates(candidates, near)
         alignment = (verifier or Verifier()).align(query_thumbnails, bank_thumbnails, candidates)
     return StageResult(stage1, view, alignment)
-
-
-def _concat(parts: list[Matches]) -> Matches:
-    return Matches(
-        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in vars(parts[0])}
-    )
 
 
 @dataclass
