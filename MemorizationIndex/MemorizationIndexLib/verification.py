@@ -5,8 +5,8 @@ rotations, shifts and crops move encoder features far more than they change anat
 each stage-1 candidate is aligned on the query in image space, and the aligned pair is
 compared by normalised cross-correlation over the foreground.
 
-Alignment: an exhaustive coarse search (4 flips x a grid of angles; the best shift of each
-comes from one FFT cross-correlation), then SimpleITK refines the best pose with a
+Alignment: an exhaustive coarse search (4 flips x a grid of angles x two scales; the best
+shift of each comes from one FFT cross-correlation), then SimpleITK refines the best pose with a
 similarity transform (rotation, isotropic scale, translation) and a correlation metric.
 Slices are compared as the bank's uint8 thumbnails (min-max scaled, physical aspect kept).
 """
@@ -38,6 +38,8 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)
 @dataclass(frozen=True)
 class VerifySettings:
     angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 2.5))
+    # A crop resized back magnifies the copy: search that scale too (refinement does the rest).
+    scales: tuple[float, ...] = (1.0, 1.15)
     max_shift: float = 0.25  # share of the thumbnail size
     coarse_size: int = 32  # the exhaustive search runs at this size, refinement at full size
     shortlist: int = 2  # extra coarse poses (beyond each flip's best) re-scored at full size
@@ -142,13 +144,18 @@ class Verifier:
 
     def __init__(self, settings: VerifySettings | None = None):
         self.settings = settings or VerifySettings()
-        self.poses = [(f, a) for f in FLIP_SIGNS for a in self.settings.angles]
+        self.poses = [
+            (f, a, sc)
+            for f in FLIP_SIGNS
+            for sc in self.settings.scales
+            for a in self.settings.angles
+        ]
         self._grids: dict[int, torch.Tensor] = {}
 
     def _pose_grid(self, size: int) -> torch.Tensor:
         """Sampling grids of every coarse pose at one size, computed once."""
         if size not in self._grids:
-            thetas = np.stack([_sampling_theta(f, a, 1.0, (0, 0), size) for f, a in self.poses])
+            thetas = np.stack([_sampling_theta(f, a, sc, (0, 0), size) for f, a, sc in self.poses])
             self._grids[size] = F.affine_grid(
                 torch.as_tensor(thetas, dtype=torch.float32),
                 (len(thetas), 1, size, size),
@@ -179,7 +186,7 @@ class Verifier:
         found = []
         # The best pose of each flip, then the next best overall: a brain is nearly
         # left-right symmetric, so at the coarse size the wrong flip can win narrowly.
-        n_angles = len(self.settings.angles)
+        n_angles = len(self.poses) // len(FLIP_SIGNS)  # poses per flip
         by_flip = (
             peaks.view(k, len(FLIP_SIGNS), n_angles).transpose(0, 1).reshape(len(FLIP_SIGNS), -1)
         )
@@ -192,11 +199,11 @@ class Verifier:
             if j not in picks:
                 picks.append(j)
         for best in picks:
-            flip, angle = self.poses[best % p]
-            found.append((best // p, flip, angle))
+            flip, angle, scale = self.poses[best % p]
+            found.append((best // p, flip, angle, scale))
         return found
 
-    def _refine(self, query: np.ndarray, candidate: np.ndarray, flip, angle, shift):
+    def _refine(self, query: np.ndarray, candidate: np.ndarray, flip, angle, scale, shift):
         """SimpleITK similarity registration from the coarse pose; returns (angle, scale, shift)."""
         size = query.shape[-1]
         sx, sy = FLIP_SIGNS[flip]
@@ -210,7 +217,8 @@ class Verifier:
         a = math.radians(angle)
         inv_rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
         transform.SetAngle(-a)
-        transform.SetTranslation(tuple(float(x) for x in -(inv_rot @ np.asarray(shift))))
+        transform.SetScale(1.0 / scale)
+        transform.SetTranslation(tuple(float(x) for x in -(inv_rot @ np.asarray(shift)) / scale))
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsCorrelation()
         reg.SetInterpolator(sitk.sitkLinear)
@@ -222,16 +230,16 @@ class Verifier:
         try:
             reg.Execute(fixed, moving)
         except RuntimeError:
-            return angle, 1.0, shift
+            return angle, scale, shift
         params = transform.GetParameters()
         if not all(math.isfinite(x) for x in params):
-            return angle, 1.0, shift
+            return angle, scale, shift
         inverse = transform.GetInverse()
         inverse = sitk.Similarity2DTransform(inverse)
         new_angle = math.degrees(inverse.GetAngle())
         new_scale = inverse.GetScale()
-        if not 0.8 <= new_scale <= 1.25:
-            return angle, 1.0, shift
+        if not 0.8 <= new_scale <= 1.3:
+            return angle, scale, shift
         new_shift = tuple(float(x) for x in inverse.GetTranslation())
         return new_angle, new_scale, new_shift
 
@@ -257,26 +265,28 @@ class Verifier:
                 # Shortlisted poses: rotate at full size, find the shift there, score pixels.
                 shortlist = self._coarse(q, c)
                 rotated = warp(
-                    c[[w for w, _, _ in shortlist]],
-                    np.stack([_sampling_theta(f, a, 1.0, (0, 0), size) for _, f, a in shortlist]),
+                    c[[w for w, *_ in shortlist]],
+                    np.stack(
+                        [_sampling_theta(f, a, sc, (0, 0), size) for _, f, a, sc in shortlist]
+                    ),
                 )
                 shifts, _ = best_shifts(q, rotated, int(self.settings.max_shift * size))
                 thetas = np.stack(
                     [
-                        _sampling_theta(f, a, 1.0, sh, size)
-                        for (_, f, a), sh in zip(shortlist, shifts, strict=True)
+                        _sampling_theta(f, a, sc, sh, size)
+                        for (_, f, a, sc), sh in zip(shortlist, shifts, strict=True)
                     ]
                 )
                 scores = foreground_ncc(
                     q[None].expand(len(shortlist), -1, -1),
-                    warp(c[[w for w, _, _ in shortlist]], thetas),
+                    warp(c[[w for w, *_ in shortlist]], thetas),
                 )
                 best = int(torch.argmax(scores))
-                (which, flip, angle), shift = shortlist[best], shifts[best]
-                score, scale = float(scores[best]), 1.0
+                (which, flip, angle, scale), shift = shortlist[best], shifts[best]
+                score = float(scores[best])
                 if self.settings.refine:
                     r_angle, r_scale, r_shift = self._refine(
-                        q.numpy(), c[which].numpy(), flip, angle, shift
+                        q.numpy(), c[which].numpy(), flip, angle, scale, shift
                     )
                     theta = _sampling_theta(flip, r_angle, r_scale, r_shift, size)[None]
                     refined = float(foreground_ncc(q[None], warp(c[which : which + 1], theta))[0])

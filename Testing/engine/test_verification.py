@@ -65,3 +65,13 @@ def test_foreground_ncc_is_intensity_invariant_and_bounded():
     assert torch.all(foreground_ncc(a, 1.1 - a) < 0)
     empty = torch.zeros(1, 16, 16)
     assert torch.isfinite(foreground_ncc(empty, empty)).all()
+
+
+def test_magnified_copy_is_aligned_with_its_scale(slices):
+    """A crop resized back is a magnification; the pose search covers it."""
+    train, _ = slices
+    query = posed(train[10], "none", 3.0, (1.0, -1.0), scale=1.15)[None]
+    result = Verifier().align(query, train, np.array([[9, 10, 11, 3]]))
+    assert result.candidate[0] == 10
+    assert result.scale[0] == pytest.approx(1.15, abs=0.03)
+    assert result.score[0] > 0.97
