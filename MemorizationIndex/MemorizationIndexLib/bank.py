@@ -24,7 +24,7 @@ from .features import FeatureExtractor, FeatureSet, extract_features
 from .matching import exact_index, index_vectors
 from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
-from .scans import ReadOptions, SkippedInput, SliceInfo, find_scans
+from .scans import ReadOptions, SliceInfo, find_scans_required
 from .twostage import Combination, StageResult, pixel_index_of, run_stages
 from .verification import Verifier
 from .whitening import Whitener
@@ -455,10 +455,7 @@ def build_bank(
     fast); it is recorded in the bank and used again at scoring time.
     """
     settings = settings or BankSettings()
-    sources, skipped = find_scans(train_dir)
-    if not sources:
-        detail = f" ({len(skipped)} files skipped: {skipped[0].reason})" if skipped else ""
-        raise InputError(f"No readable scan was found in {train_dir}{detail}.")
+    sources, skipped = find_scans_required(train_dir)
     encoder, info = encoder_for(settings, checkpoint, encoder_config)
     extractor = FeatureExtractor(encoder, settings.preprocess_spec(), device, batch_size)
     train = extract_features(
@@ -482,7 +479,3 @@ def build_bank(
     check_cancel(cancel)
     bank.save(out_dir)
     return bank
-
-
-def skipped_from_manifest(manifest: dict) -> list[SkippedInput]:
-    return [SkippedInput(**s) for s in manifest.get("skipped", [])]

@@ -111,7 +111,6 @@ class FeatureSet:
     thumbnails: np.ndarray
     thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     skipped: list[SkippedInput] = field(default_factory=list)
-    volume_data: list[ScanVolume] | None = None
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -137,7 +136,6 @@ def extract_features(
     flips: tuple[str, ...] = ("none",),
     flip_budget: int | None = None,
     thumbnail_size: int = 64,
-    keep_volumes: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     stage: str = "Encoding slices",
@@ -166,7 +164,6 @@ def extract_features(
     thumbs: list[np.ndarray] = []
     thumb_mm: list[np.ndarray] = []
     skipped: list[SkippedInput] = []
-    kept_volumes: list[ScanVolume] = []
     offset = 0
 
     def load(source) -> tuple[ScanVolume | None, list[SkippedInput]]:
@@ -217,8 +214,6 @@ def extract_features(
             rows_mm = volume.slices.shape[1] * volume.pixel_spacing[0]
             cols_mm = volume.slices.shape[2] * volume.pixel_spacing[1]
             thumb_mm.append(np.full(len(volume), max(rows_mm, cols_mm) / thumbnail_size))
-            if keep_volumes:
-                kept_volumes.append(volume)
             offset += len(volume)
             report(progress, stage, i + 1, len(sources))
 
@@ -247,5 +242,4 @@ def extract_features(
         ),
         thumbnail_mm=np.concatenate(thumb_mm) if thumb_mm else np.zeros(0),
         skipped=skipped,
-        volume_data=kept_volumes if keep_volumes else None,
     )

@@ -876,3 +876,12 @@ def _canonical_volume(
         warnings=warnings,
         image=image,
     )
+
+
+def find_scans_required(root: str | os.PathLike) -> tuple[list[ScanSource], list[SkippedInput]]:
+    """find_scans, but a folder without a single readable scan is an InputError."""
+    sources, skipped = find_scans(root)
+    if not sources:
+        detail = f" ({len(skipped)} files skipped: {skipped[0].reason})" if skipped else ""
+        raise InputError(f"No readable scan was found in {root}{detail}.")
+    return sources, skipped

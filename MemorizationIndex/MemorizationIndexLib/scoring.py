@@ -19,7 +19,7 @@ from .bank import FeatureBank, encoder_for
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
 from .progress import CancelCallback, ProgressCallback
-from .scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans
+from .scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans_required
 from .verification import Alignments
 
 HIGH_QUANTILE = 0.9
@@ -277,10 +277,7 @@ def score(
     extractor = extractor or load_scorer(bank, checkpoint, device, batch_size)
     skipped: list[SkippedInput] = []
     if isinstance(inputs, (str, os.PathLike)):
-        sources, skipped = find_scans(inputs)
-        if not sources:
-            detail = f" ({len(skipped)} files skipped: {skipped[0].reason})" if skipped else ""
-            raise InputError(f"No readable scan was found in {inputs}{detail}.")
+        sources, skipped = find_scans_required(inputs)
     else:
         sources = list(inputs)
     options = ReadOptions(

@@ -147,13 +147,6 @@ class Combination:
         p = np.minimum(self.null1.p_value(s1), self.null2.p_value(s2))
         return -np.log10(np.maximum(p, MIN_P))
 
-    def stage_p_values(self, result: StageResult) -> tuple[np.ndarray, np.ndarray] | None:
-        if not self.verify:
-            return None
-        return self.null1.p_value(result.stage1.similarity), self.null2.p_value(
-            result.alignment.score
-        )
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         if not self.verify:
             return {}

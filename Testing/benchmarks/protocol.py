@@ -240,8 +240,6 @@ def subset_rows(fs: FeatureSet, rows) -> FeatureSet:
             values[f.name] = new_vids.astype(np.int64)
         elif f.name in ("volumes", "series_uids", "volume_warnings"):
             values[f.name] = [value[v] for v in kept_volumes]
-        elif f.name == "volume_data":
-            values[f.name] = None if value is None else [value[v] for v in kept_volumes]
         elif isinstance(value, np.ndarray) and value.ndim and len(value) == n:
             values[f.name] = value[rows]
         else:
