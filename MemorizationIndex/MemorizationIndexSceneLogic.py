@@ -136,27 +136,28 @@ def matchPlacementMatrix(
     axis,
     flip="none",
     angleDeg=0.0,
-    scale=1.0,
+    scale=(1.0, 1.0),
     shiftMM=(0.0, 0.0),
 ):
     """4x4 RAS matrix that puts the matched training slice onto the synthetic slice.
 
     Maps the training slice's centre to the synthetic slice's centre and its in-plane frame
     onto the synthetic one, through the engine's pose of the match in display coordinates
-    (columns, rows; centred): y = R(angle) * scale * Flip * x + shift, the flip taken about
-    the slice centre. Without verification the pose is just the query view's flip
-    (training = flip(synthetic), so synthetic = flip(training)). The normal is kept, so
-    neighbouring training slices stay one slice spacing away. Directions are the canonical
-    (reoriented) ones of each volume.
+    (columns, rows; centred): y = D(scale) * R(angle) * Flip * x + shift, the flip taken
+    about the slice centre, D the stretch along columns and rows (a number: both). Without
+    verification the pose is just the query view's flip (training = flip(synthetic), so
+    synthetic = flip(training)). The normal is kept, so neighbouring training slices stay
+    one slice spacing away. Directions are the canonical (reoriented) ones of each volume.
     """
     if flip not in FLIP_SIGNS:
         raise ValueError(f"Unknown flip {flip!r}; choose from {', '.join(FLIP_SIGNS)}.")
     frameS = sliceFrame(syntheticDirectionLPS, axis)
     frameT = sliceFrame(matchDirectionLPS, axis)
     a = np.radians(float(angleDeg))
+    stretch = np.broadcast_to(np.asarray(scale, float), (2,))
     inPlane = (
-        np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        * float(scale)
+        np.diag(stretch)
+        @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         @ np.diag(FLIP_SIGNS[flip])
     )
     local = np.eye(3)
@@ -172,27 +173,32 @@ def matchPlacementMatrix(
 
 
 def poseOfRow(row):
-    """(flip, angle in degrees, physical scale, (shift columns, shift rows) mm, verified).
+    """(flip, angle in degrees, physical (scale columns, scale rows), (shift columns, shift
+    rows) mm, verified).
 
     Rows scored with verification carry the aligned pose of the match; rows of a bank
-    without it carry only the flip of the query view that matched.
+    without it carry only the flip of the query view that matched. A row with one `scale`
+    (an earlier engine) stretches both axes by it.
     """
     flip = row.get("transform") or "none"
+    unverified = flip, 0.0, (1.0, 1.0), (0.0, 0.0), False
     verified = "verified_ncc" in row and np.isfinite(float(row.get("verified_ncc", np.nan)))
     if not verified:
-        return flip, 0.0, 1.0, (0.0, 0.0), False
-    pose = [float(row.get(k, d)) for k, d in (("angle_deg", 0.0), ("scale", 1.0))]
+        return unverified
+    angle = float(row.get("angle_deg", 0.0))
+    both = float(row.get("scale", 1.0))
+    scale = [float(row.get(k, both)) for k in ("scale_x", "scale_y")]
     shift = [float(row.get(k, 0.0)) for k in ("shift_x_mm", "shift_y_mm")]
-    if not all(np.isfinite(pose + shift)):
-        return flip, 0.0, 1.0, (0.0, 0.0), False
-    return flip, pose[0], pose[1], tuple(shift), True
+    if not all(np.isfinite([angle, *scale, *shift])):
+        return unverified
+    return flip, angle, tuple(scale), tuple(shift), True
 
 
 def snapPose(angleDeg, scale, shiftMM):
     """Drop pose parts below what 64-px thumbnails resolve (a quarter degree, half a percent,
     a tenth of a mm): an exact copy is placed exactly, not nudged by estimation noise."""
     angleDeg = 0.0 if abs(angleDeg) < 0.25 else angleDeg
-    scale = 1.0 if abs(scale - 1.0) < 0.005 else scale
+    scale = tuple(1.0 if abs(s - 1.0) < 0.005 else s for s in scale)
     return angleDeg, scale, tuple(0.0 if abs(x) < 0.1 else x for x in shiftMM)
 
 

@@ -21,11 +21,12 @@ from .calibration import NullModel, volume_folds
 from .encoder import EncoderConfig, EncoderInfo, build_encoder
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
+from .fourier import PixelIndex
 from .matching import exact_index, index_vectors
 from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, SliceInfo, find_scans_required
-from .twostage import Combination, StageResult, pixel_index_of, run_stages
+from .twostage import Combination, StageResult, run_stages
 from .verification import Verifier
 from .whitening import Whitener
 
@@ -170,7 +171,7 @@ class FeatureBank:
     def pixel_index(self):
         """The thumbnails' Fourier-descriptor index, built on first use."""
         if getattr(self, "_pixel_index", None) is None:
-            self._pixel_index = pixel_index_of(self.thumbnails)
+            self._pixel_index = PixelIndex(self.thumbnails)
         return self._pixel_index
 
     def statistic(self, result: StageResult) -> np.ndarray:
@@ -380,7 +381,7 @@ def cross_fitted_null(
             train.thumbnails[query_rows],
             train.thumbnails[in_bank],
             verifier,
-            pixel_index=pixel_index_of(train.thumbnails[in_bank]) if settings.verify else None,
+            pixel_index=PixelIndex(train.thumbnails[in_bank]) if settings.verify else None,
             pixel_k=settings.pixel_k,
         )
         s1[query_mask] = result.stage1.similarity

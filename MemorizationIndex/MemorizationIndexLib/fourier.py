@@ -1,18 +1,27 @@
-"""A second candidate source for verification: shift- and flip-invariant pixel descriptors.
+"""A second candidate source for verification: pixel descriptors blind to flips and shifts,
+and, after normalising each slice's foreground, to crops.
 
 Stage 1's encoder features move when a copy is shifted or cropped by a few pixels, and then
 the true source may not be among its candidates. The magnitude of a thumbnail's Fourier
 transform does not change under (circular) shifts; folding it over the frequency axes
-makes it also blind to flips, and keeping only the lowest frequencies, pooled over small
-blocks, tolerates small rotations, crops and noise. Nearest neighbours under this
-descriptor are proposed to stage 2 alongside stage 1's candidates.
+makes it also blind to flips, and keeping only the lowest frequencies tolerates small
+rotations and noise. A crop resized back stretches the slice along its axes, which moves
+every frequency; resampling each thumbnail so its foreground is centred and spreads by a
+fixed amount along each axis (moments.py) undoes that stretch. Nearest neighbours under
+both descriptors (plain and normalised) are proposed to stage 2 alongside stage 1's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .matching import exact_index
+from .moments import as_unit_images, foreground_moments
+from .verification import warp
 
 FREQUENCIES = 12  # lowest frequencies kept per axis (after folding)
+SPREAD = 1.0 / 7.0  # foreground spread per axis after normalisation, share of the size
 
 
 def fourier_descriptors(thumbnails: np.ndarray, frequencies: int = FREQUENCIES) -> np.ndarray:
@@ -32,3 +41,44 @@ def fourier_descriptors(thumbnails: np.ndarray, frequencies: int = FREQUENCIES) 
     low -= low.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(low, axis=1, keepdims=True)
     return (low / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def normalised_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
+    """Thumbnails resampled so the foreground is centred and spreads SPREAD x size along
+    each axis: a copy cropped and resized back lands on its source."""
+    images = as_unit_images(thumbnails)
+    size = images.shape[-1]
+    centre, spread = foreground_moments(images)
+    # Output pixel p samples input centre + (p - mid) * spread / target (normalised units).
+    gain = spread / (SPREAD * size)
+    offset = (centre - (size - 1) / 2.0) * (2.0 / size)
+    theta = torch.zeros(len(images), 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = gain[:, 0], gain[:, 1]
+    theta[:, :, 2] = offset
+    out = warp(images, theta) * 255.0
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def descriptor_sets(thumbnails: np.ndarray) -> list[np.ndarray]:
+    """The two descriptors of each thumbnail: as it is, and foreground-normalised."""
+    return [
+        fourier_descriptors(thumbnails),
+        fourier_descriptors(normalised_thumbnails(thumbnails)),
+    ]
+
+
+class PixelIndex:
+    """Exact indexes over the bank thumbnails' two Fourier descriptors."""
+
+    def __init__(self, thumbnails: np.ndarray):
+        self.indexes = [exact_index(d) for d in descriptor_sets(thumbnails)]
+        self.ntotal = len(thumbnails)
+
+    def search(self, thumbnails: np.ndarray, k: int) -> np.ndarray:
+        """[n, 2k] bank rows: each descriptor's k nearest, duplicates allowed."""
+        k = min(k, self.ntotal)
+        found = [
+            index.search(d, k)[1]
+            for index, d in zip(self.indexes, descriptor_sets(thumbnails), strict=True)
+        ]
+        return np.concatenate(found, axis=1)

@@ -103,9 +103,9 @@ def _histogram_svg(synthetic: np.ndarray, null: np.ndarray, width=560, height=20
 def aligned_thumbnail(match: np.ndarray, alignment, i: int) -> np.ndarray:
     import torch
 
-    from .verification import _sampling_theta, warp
+    from .verification import sampling_theta, warp
 
-    theta = _sampling_theta(
+    theta = sampling_theta(
         alignment.flip[i], alignment.angle[i], alignment.scale[i], alignment.shift[i], len(match)
     )
     image = torch.from_numpy(match.astype(np.float32))[None]
@@ -117,7 +117,8 @@ def pose_text(row: dict) -> str:
     if "verified_ncc" in row:
         text += (
             f", {row['angle_deg']:+.1f}°, shift ({row['shift_x_mm']:+.1f}, "
-            f"{row['shift_y_mm']:+.1f}) mm, scale {row['scale']:.2f}; NCC {row['verified_ncc']:.3f}"
+            f"{row['shift_y_mm']:+.1f}) mm, scale ({row['scale_x']:.2f}, "
+            f"{row['scale_y']:.2f}); NCC {row['verified_ncc']:.3f}"
         )
     return text
 

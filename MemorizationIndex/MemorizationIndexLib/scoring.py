@@ -134,12 +134,13 @@ def score_features(
                     "angle_deg": float(al.angle[i]),
                     "shift_x_mm": float(al.shift[i, 0]) * mm,
                     "shift_y_mm": float(al.shift[i, 1]) * mm,
-                    "scale": float(al.scale[i]) * mm / mm_match,
+                    "scale_x": float(al.scale[i, 0]) * mm / mm_match,
+                    "scale_y": float(al.scale[i, 1]) * mm / mm_match,
                 }
             )
         else:
             row.update({"transform": flips[int(chosen[i])], "angle_deg": 0.0})
-            row.update({"shift_x_mm": 0.0, "shift_y_mm": 0.0, "scale": 1.0})
+            row.update({"shift_x_mm": 0.0, "shift_y_mm": 0.0, "scale_x": 1.0, "scale_y": 1.0})
         row["margin"] = float(best.margin[i])
         row["agreement"] = float(best.agreement[i])
         for j, layer in enumerate(layers):

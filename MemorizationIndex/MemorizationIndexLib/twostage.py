@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import NullModel
-from .fourier import fourier_descriptors
-from .matching import Matches, best_over_views, concat_matches, exact_index, match_queries
+from .fourier import PixelIndex
+from .matching import Matches, best_over_views, concat_matches, match_queries
 from .verification import Alignments, Verifier
 
 MIN_P = 1e-300  # p-values below this are "beyond anything the null produced"
@@ -63,11 +63,6 @@ def merge_candidates(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return out
 
 
-def pixel_index_of(thumbnails: np.ndarray):
-    """Exact index over the Fourier descriptors of bank thumbnails (see fourier.py)."""
-    return exact_index(fourier_descriptors(thumbnails))
-
-
 def run_stages(
     view_queries: list[tuple[np.ndarray, list[np.ndarray]]],
     n: int,
@@ -80,14 +75,14 @@ def run_stages(
     bank_thumbnails: np.ndarray | None = None,
     verifier: Verifier | None = None,
     chunk: int = 1024,
-    pixel_index=None,
+    pixel_index: PixelIndex | None = None,
     pixel_k: int = 0,
 ) -> StageResult:
     """Both stages for n queries. view_queries: (rows, whitened per-layer features) per view;
     the first view is the identity and covers every row. verify_k = 0 skips stage 2.
 
-    pixel_index (an exact index over the bank thumbnails' Fourier descriptors) adds each
-    query's pixel_k nearest slices under that shift-invariant descriptor to the candidates.
+    pixel_index (fourier.PixelIndex over the bank thumbnails) adds each query's pixel_k
+    nearest slices under each of its two pixel descriptors to the candidates.
     """
     views = []
     for rows, feats in view_queries:
@@ -109,8 +104,7 @@ def run_stages(
     if verify_k > 0:
         candidates = pooled_candidates(views, n, verify_k)
         if pixel_index is not None and pixel_k > 0:
-            k = min(pixel_k, pixel_index.ntotal)
-            _, near = pixel_index.search(fourier_descriptors(query_thumbnails), k)
+            near = pixel_index.search(query_thumbnails, pixel_k)
             candidates = merge_candidates(candidates, near)
         alignment = (verifier or Verifier()).align(query_thumbnails, bank_thumbnails, candidates)
     return StageResult(stage1, view, alignment)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from MemorizationIndexLib.cohort import load_template, make_subject
 from MemorizationIndexLib.preprocessing import thumbnails
-from MemorizationIndexLib.verification import Verifier, _sampling_theta, foreground_ncc, warp
+from MemorizationIndexLib.verification import Verifier, foreground_ncc, sampling_theta, warp
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def slices():
 
 def posed(image: np.ndarray, flip, angle, shift, scale=1.0) -> np.ndarray:
     src = torch.from_numpy(image.astype(np.float32))[None]
-    out = warp(src, _sampling_theta(flip, angle, scale, shift, image.shape[-1])[None])[0]
+    out = warp(src, sampling_theta(flip, angle, scale, shift, image.shape[-1])[None])[0]
     return out.numpy().round().clip(0, 255).astype(np.uint8)
 
 
@@ -73,5 +73,22 @@ def test_magnified_copy_is_aligned_with_its_scale(slices):
     query = posed(train[10], "none", 3.0, (1.0, -1.0), scale=1.15)[None]
     result = Verifier().align(query, train, np.array([[9, 10, 11, 3]]))
     assert result.candidate[0] == 10
-    assert result.scale[0] == pytest.approx(1.15, abs=0.03)
+    assert result.scale[0] == pytest.approx([1.15, 1.15], abs=0.03)
     assert result.score[0] > 0.97
+
+
+@pytest.mark.parametrize(
+    "flip, angle, stretch", [("none", -4.0, (1.12, 1.03)), ("vflip", 6.0, (1.02, 1.14))]
+)
+def test_copy_stretched_differently_along_rows_and_columns_is_aligned(slices, flip, angle, stretch):
+    """A crop resized back stretches rows and columns by different amounts: the pose
+    recovers each stretch, and the aligned copy scores far above the other subject."""
+    train, other = slices
+    query = posed(train[10], flip, angle, (1.0, -0.5), scale=stretch)
+    both = np.stack([query, other[10]])
+    result = Verifier().align(both, train, np.array([[9, 10, 11, 3]] * 2))
+    assert result.candidate[0] == 10 and result.flip[0] == flip
+    assert result.angle[0] == pytest.approx(angle, abs=1.0)
+    assert result.scale[0] == pytest.approx(stretch, abs=0.02)
+    assert result.score[0] > 0.98
+    assert result.score[1] < result.score[0] - 0.03

@@ -146,10 +146,10 @@ def test_slice_frame_matches_the_engines_display(tmp_path):
 
 
 def test_placement_follows_the_verified_pose():
-    """y = R(angle) * scale * flip * x + shift, in the synthetic slice's display frame."""
+    """y = D(scale) * R(angle) * flip * x + shift, in the synthetic slice's display frame."""
     direction = canonicalDirection(np.diag([-1.0, 1.0, 1.0]))
     c_s, c_t = np.array([1.0, 2.0, 3.0]), np.array([-5.0, 0.5, 9.0])
-    angle, scale, shift = 30.0, 1.2, (3.0, -2.0)
+    angle, scale, shift = 30.0, (1.2, 0.9), (3.0, -2.0)
     m = matchPlacementMatrix(c_s, c_t, direction, direction, "axial", "hflip", angle, scale, shift)
     ras = np.diag([-1.0, -1.0, 1.0])
     frame = sliceFrame(direction, "axial")
@@ -161,18 +161,22 @@ def test_placement_follows_the_verified_pose():
     rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     for x in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (2.0, -3.0)):
         point = c_t + frame[:, :2] @ np.array(x)
-        y = rotation @ (scale * np.array([-x[0], x[1]])) + np.array(shift)
+        y = np.diag(scale) @ rotation @ np.array([-x[0], x[1]]) + np.array(shift)
         assert np.allclose(place(point), c_s + frame[:, :2] @ y)
     assert np.allclose(place(c_t + frame[:, 2]), c_s + frame[:, :2] @ shift + frame[:, 2])
 
 
 def test_pose_of_a_row_without_or_with_broken_verification_is_just_the_flip():
-    assert poseOfRow({"transform": "vflip"}) == ("vflip", 0.0, 1.0, (0.0, 0.0), False)
+    assert poseOfRow({"transform": "vflip"}) == ("vflip", 0.0, (1.0, 1.0), (0.0, 0.0), False)
     broken = {"transform": "hflip", "verified_ncc": float("nan"), "angle_deg": 5.0}
     assert poseOfRow(broken)[4] is False and poseOfRow(broken)[1] == 0.0
-    row = {"transform": "none", "verified_ncc": 0.9, "angle_deg": 4.0, "scale": 1.1}
+    row = {"transform": "none", "verified_ncc": 0.9, "angle_deg": 4.0}
+    row.update(scale_x=1.1, scale_y=0.95)
     row.update(shift_x_mm=1.5, shift_y_mm=float("nan"))
     assert poseOfRow(row)[4] is False  # a pose with a hole is not used
     row["shift_y_mm"] = -0.5
-    assert poseOfRow(row) == ("none", 4.0, 1.1, (1.5, -0.5), True)
-    assert snapPose(0.1, 1.002, (0.05, -0.3)) == (0.0, 1.0, (0.0, -0.3))
+    assert poseOfRow(row) == ("none", 4.0, (1.1, 0.95), (1.5, -0.5), True)
+    # A row of an earlier engine has one isotropic scale.
+    older = {"transform": "none", "verified_ncc": 0.9, "scale": 1.1}
+    assert poseOfRow(older)[2] == (1.1, 1.1)
+    assert snapPose(0.1, (1.002, 0.9), (0.05, -0.3)) == (0.0, (1.0, 0.9), (0.0, -0.3))
