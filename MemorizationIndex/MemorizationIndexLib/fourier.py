@@ -67,18 +67,45 @@ def descriptor_sets(thumbnails: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+def rotated(thumbnails: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Thumbnails turned about their centre (uint8 in, uint8 out)."""
+    if angle_deg == 0:
+        return thumbnails
+    images = as_unit_images(thumbnails)
+    a = np.radians(angle_deg)
+    theta = torch.zeros(len(images), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = float(np.cos(a))
+    theta[:, 0, 1], theta[:, 1, 0] = float(np.sin(a)), -float(np.sin(a))
+    return (warp(images, theta) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 class PixelIndex:
-    """Exact indexes over the bank thumbnails' two Fourier descriptors."""
+    """Exact indexes over the bank thumbnails' two Fourier descriptors.
+
+    The descriptors tolerate a few degrees of rotation; queries are also searched turned by
+    VIEW_ANGLES, so a copy rotated by up to about 15 degrees still finds its source.
+    """
+
+    VIEW_ANGLES = (0.0, -10.0, 10.0)
 
     def __init__(self, thumbnails: np.ndarray):
         self.indexes = [exact_index(d) for d in descriptor_sets(thumbnails)]
         self.ntotal = len(thumbnails)
 
     def search(self, thumbnails: np.ndarray, k: int) -> np.ndarray:
-        """[n, 2k] bank rows: each descriptor's k nearest, duplicates allowed."""
+        """[n, 2k] bank rows: per descriptor, the k nearest over all query views."""
         k = min(k, self.ntotal)
-        found = [
-            index.search(d, k)[1]
-            for index, d in zip(self.indexes, descriptor_sets(thumbnails), strict=True)
-        ]
+        n = len(thumbnails)
+        per_view = [descriptor_sets(rotated(thumbnails, a)) for a in self.VIEW_ANGLES]
+        found = []
+        for d, index in enumerate(self.indexes):
+            sims, rows = zip(*(index.search(v[d], k) for v in per_view), strict=True)
+            sims, rows = np.concatenate(sims, axis=1), np.concatenate(rows, axis=1)
+            best = np.zeros((n, k), np.int64)
+            for i in range(n):
+                order = np.argsort(-sims[i], kind="stable")
+                distinct = list(dict.fromkeys(rows[i, order].tolist()))[:k]
+                best[i, : len(distinct)] = distinct
+                best[i, len(distinct) :] = distinct[-1]
+            found.append(best)
         return np.concatenate(found, axis=1)

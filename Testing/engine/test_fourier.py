@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 from MemorizationIndexLib.cohort import load_template, make_subject
-from MemorizationIndexLib.fourier import PixelIndex, fourier_descriptors, normalised_thumbnails
+from MemorizationIndexLib.fourier import (
+    PixelIndex,
+    fourier_descriptors,
+    normalised_thumbnails,
+    rotated,
+)
 from MemorizationIndexLib.moments import as_unit_images, foreground_moments
 from MemorizationIndexLib.preprocessing import thumbnails
 from MemorizationIndexLib.twostage import merge_candidates
@@ -77,3 +82,14 @@ def test_normalised_thumbnails_centre_the_foreground_at_a_fixed_spread():
     assert abs(out_spread[0, 0] - out_spread[0, 1]) < 0.5  # both axes now spread alike
     empty = foreground_moments(torch.zeros(1, 8, 8))
     assert np.allclose(empty[0], 3.5) and np.allclose(empty[1], 1.0)
+
+
+def test_copies_rotated_by_up_to_15_degrees_find_their_source(bank):
+    """The descriptors tolerate a few degrees; the turned query views cover the rest."""
+    rng = np.random.default_rng(2)
+    rows = rng.choice(len(bank), 30, replace=False)
+    queries = np.stack(
+        [rotated(bank[r][None], float(rng.choice([-1, 1]) * rng.uniform(11, 15)))[0] for r in rows]
+    )
+    found = PixelIndex(bank).search(queries, 8)
+    assert np.mean([r in near for r, near in zip(rows, found, strict=True)]) >= 0.95
