@@ -27,7 +27,7 @@ from .preprocessing import FLIPS, PreprocessSpec
 from .progress import CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, SliceInfo, find_scans_required
 from .twostage import Combination, StageResult, run_stages
-from .verification import Verifier
+from .verification import VERIFIER_VERSION, Verifier
 from .whitening import Whitener
 
 BANK_FORMAT = "memorization-index-bank"
@@ -217,6 +217,7 @@ class FeatureBank:
                     },
                     "calibration": self.null.summary(),
                     "combination": self.combination.summary(),
+                    "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
                 }
             )
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -242,6 +243,13 @@ class FeatureBank:
                 f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
             )
         settings = BankSettings.from_dict(manifest["settings"])
+        built_with = manifest.get("verifier_version", 1)
+        if settings.verify and built_with != VERIFIER_VERSION:
+            raise BankError(
+                f"{path} was calibrated with stage-2 verification version {built_with}; this "
+                f"version of MemorizationIndex verifies differently (version "
+                f"{VERIFIER_VERSION}), so its null would not match the scores. Rebuild the bank."
+            )
 
         def arr(name):
             file = path / name

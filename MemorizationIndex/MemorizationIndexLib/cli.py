@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel-k",
         type=int,
         default=8,
-        help="extra stage-2 candidates from shift-invariant pixel descriptors",
+        help="extra stage-2 candidates per pixel descriptor (flip/shift- and crop-invariant)",
     )
     b.add_argument(
         "--calibration-folds",

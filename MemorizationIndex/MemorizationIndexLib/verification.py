@@ -34,6 +34,9 @@ FLIP_SIGNS = {
     "hvflip": (-1.0, -1.0),
 }
 FLIP_NAMES = list(FLIP_SIGNS)
+# Banks store the version of the stage-2 score their null was built with; bump it whenever
+# the score of a pair changes, so an older bank is rebuilt rather than miscalibrated.
+VERIFIER_VERSION = 2
 MIN_FOREGROUND = 0.02  # a pair needs this share of foreground pixels to be compared
 SOFT_EDGE = 0.02  # width of the soft foreground edge the refinement differentiates through
 

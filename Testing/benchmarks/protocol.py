@@ -88,8 +88,8 @@ class DetectionConfig:
     image_size: int = 112
     layers: tuple[int, ...] = (3, 7, 11)
     single_layer: int = 11
-    subjects: int = 14
-    train_volumes: int = 8
+    subjects: int = 26
+    train_volumes: int = 12
     reference_volumes: int = 2
     stride: int = 4
     copies: int = 16
@@ -102,7 +102,7 @@ class DetectionConfig:
     checkpoint: str | None = None
     data: str | None = None
     spacing_mm: float = 2.0
-    calibration_folds: int = 5
+    calibration_folds: int = 10  # the engine's default
     encoder_config: object | None = None  # an EncoderConfig (tests use a small one)
     two_stage: bool = True  # also run stage 1 + verification where the engine has it
 

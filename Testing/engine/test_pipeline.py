@@ -113,6 +113,22 @@ def test_bank_round_trip_gives_the_same_scores(small_cohort, small_bank, result)
     assert not list(Path(path).glob("*.pkl"))
 
 
+def test_bank_calibrated_by_an_earlier_verification_is_refused(small_bank, tmp_path):
+    """A null built with another stage-2 score would miscalibrate MI: rebuild, said clearly."""
+    import shutil
+
+    bank, path = small_bank
+    assert bank.settings.verify
+    old = tmp_path / "old-bank"
+    shutil.copytree(path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["verifier_version"] >= 2
+    del manifest["verifier_version"]  # banks from before the version was stored
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BankError, match=r"old-bank was calibrated .* version 1.*Rebuild"):
+        FeatureBank.load(old)
+
+
 def test_bank_refuses_other_settings_and_encoders(small_bank, tmp_path):
     bank, _ = small_bank
     with pytest.raises(BankError, match="image_size"):
