@@ -194,6 +194,18 @@ def poseOfRow(row):
     return flip, angle, tuple(scale), tuple(shift), True
 
 
+def stretchText(row):
+    """'1.00 x 1.00' style: the verified stretch along columns x rows ('' if unverified)."""
+    _, _, scale, _, verified = poseOfRow(row)
+    return f"{scale[0]:.2f} x {scale[1]:.2f}" if verified else ""
+
+
+def alignedNcc(row):
+    """The stage-2 score of the row (NaN where the bank has no verification)."""
+    value = row.get("verified_ncc")
+    return float(value) if value is not None else float("nan")
+
+
 def snapPose(angleDeg, scale, shiftMM):
     """Drop pose parts below what 64-px thumbnails resolve (a quarter degree, half a percent,
     a tenth of a mm): an exact copy is placed exactly, not nudged by estimation noise."""
@@ -551,6 +563,8 @@ class MemorizationIndexSceneLogic:
             ("match slice", vtk.vtkIntArray, [r["match_slice"] for r in rows]),
             ("view", vtk.vtkStringArray, [r["transform"] for r in rows]),
             ("rotation", vtk.vtkDoubleArray, [float(r.get("angle_deg") or 0.0) for r in rows]),
+            ("stretch", vtk.vtkStringArray, [stretchText(r) for r in rows]),
+            ("aligned NCC", vtk.vtkDoubleArray, [alignedNcc(r) for r in rows]),
             ("margin", vtk.vtkDoubleArray, [r["margin"] for r in rows]),
         ]
         wasModifying = tableNode.StartModify()

@@ -27,6 +27,8 @@ TABLE_COLUMNS = [
     "match slice",
     "view",
     "rotation",
+    "stretch",
+    "aligned NCC",
     "margin",
 ]
 
@@ -101,6 +103,8 @@ def test_slice_table_node_lists_every_slice_most_suspicious_first(scored_scene):
     assert column(table_node, "flagged")[0] == "COPY"
     assert column(table_node, "match volume")[0] == "train-1"
     assert column(table_node, "view")[0] == "hflip"
+    assert column(table_node, "aligned NCC")[0] > 0.95  # the copy lines up in pixels too
+    assert column(table_node, "stretch")[0] == "1.00 x 1.00"  # a plain flip: no stretch
     assert column(table_node, "volume") == ["synth-01"] * len(mi)
     assert table_node.GetAttribute("MemorizationIndex.Alpha") == "0.01"
 
