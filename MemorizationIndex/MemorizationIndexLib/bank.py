@@ -147,8 +147,11 @@ class FeatureBank:
     def whiten(self, features: list[np.ndarray]) -> list[np.ndarray]:
         return [w.transform(f) for w, f in zip(self.whiteners, features, strict=True)]
 
-    def match(self, queries: FeatureSet, verifier: Verifier | None = None) -> StageResult:
-        """Both stages for every query slice: feature candidates, then verification."""
+    def match(
+        self, queries: FeatureSet, verifier: Verifier | None = None, tick=None
+    ) -> StageResult:
+        """Both stages for every query slice: feature candidates, then verification
+        (tick(done, n) after each verified query; see Verifier.align)."""
         views = []
         for flip in self.settings.flips:
             rows, feats = queries.view(flip)
@@ -166,6 +169,7 @@ class FeatureBank:
             verifier,
             pixel_index=self.pixel_index() if self.settings.verify else None,
             pixel_k=self.settings.pixel_k,
+            tick=tick,
         )
 
     def pixel_index(self):
@@ -391,6 +395,7 @@ def cross_fitted_null(
             verifier,
             pixel_index=PixelIndex(train.thumbnails[in_bank]) if settings.verify else None,
             pixel_k=settings.pixel_k,
+            tick=lambda done, total: check_cancel(cancel),
         )
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:

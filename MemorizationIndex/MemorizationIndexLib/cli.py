@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MemorizationIndexError
+from .progress import VERIFY_STAGE
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -34,7 +35,8 @@ class TqdmProgress:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total or None, desc=stage, unit="vol", file=sys.stderr)
+            unit = "slice" if stage == VERIFY_STAGE else "vol"
+            self.bar = tqdm(total=total or None, desc=stage, unit=unit, file=sys.stderr)
         self.bar.n = round(done, 2)
         self.bar.refresh()
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from .errors import CancelledError
 
 ProgressCallback = Callable[[str, float, int], None]
+# The one stage counted in slices rather than volumes (stage 2 runs per query slice).
+VERIFY_STAGE = "Verifying matches (slices)"
 CancelCallback = Callable[[], bool]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from .bank import FeatureBank, encoder_for
 from .errors import BankError, InputError, SettingsError
 from .features import FeatureExtractor, FeatureSet, extract_features
-from .progress import CancelCallback, ProgressCallback
+from .progress import VERIFY_STAGE, CancelCallback, ProgressCallback, check_cancel, report
 from .scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans_required
 from .verification import Alignments
 
@@ -80,12 +80,22 @@ def check_alpha(alpha: float) -> None:
 
 
 def score_features(
-    bank: FeatureBank, queries: FeatureSet, alpha: float = 0.01, skipped=None
+    bank: FeatureBank,
+    queries: FeatureSet,
+    alpha: float = 0.01,
+    skipped=None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
 ) -> ScoreResult:
     """The scoring core on already-extracted features (the benchmark calls it directly)."""
     check_alpha(alpha)
     settings = bank.settings
-    stages = bank.match(queries)
+
+    def tick(done: int, total: int) -> None:
+        check_cancel(cancel)
+        report(progress, VERIFY_STAGE, done, total)
+
+    stages = bank.match(queries, tick=tick)
     best = stages.stage1
     chosen = stages.view
     match_rows = stages.match
@@ -302,4 +312,4 @@ def score(
             "None of the synthetic scans could be used: "
             + "; ".join(f"{s.path}: {s.reason}" for s in (skipped + queries.skipped)[:5])
         )
-    return score_features(bank, queries, alpha, skipped)
+    return score_features(bank, queries, alpha, skipped, progress=progress, cancel=cancel)

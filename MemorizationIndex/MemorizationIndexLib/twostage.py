@@ -77,12 +77,14 @@ def run_stages(
     chunk: int = 1024,
     pixel_index: PixelIndex | None = None,
     pixel_k: int = 0,
+    tick=None,
 ) -> StageResult:
     """Both stages for n queries. view_queries: (rows, whitened per-layer features) per view;
     the first view is the identity and covers every row. verify_k = 0 skips stage 2.
 
     pixel_index (fourier.PixelIndex over the bank thumbnails) adds each query's pixel_k
-    nearest slices under each of its two pixel descriptors to the candidates.
+    nearest slices under each of its two pixel descriptors to the candidates. tick(done, n)
+    follows stage 2 query by query (Verifier.align).
     """
     views = []
     for rows, feats in view_queries:
@@ -106,7 +108,9 @@ def run_stages(
         if pixel_index is not None and pixel_k > 0:
             near = pixel_index.search(query_thumbnails, pixel_k)
             candidates = merge_candidates(candidates, near)
-        alignment = (verifier or Verifier()).align(query_thumbnails, bank_thumbnails, candidates)
+        alignment = (verifier or Verifier()).align(
+            query_thumbnails, bank_thumbnails, candidates, tick=tick
+        )
     return StageResult(stage1, view, alignment)
 
 

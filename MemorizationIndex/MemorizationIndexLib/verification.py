@@ -17,6 +17,7 @@ torch. Slices are compared as the bank's uint8 thumbnails (min-max scaled, aspec
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -370,9 +371,17 @@ class Verifier:
         return refined, foreground_ncc(queries, warp(images, refined.thetas(size)))
 
     def align(
-        self, queries: np.ndarray, bank_thumbnails: np.ndarray, candidates: np.ndarray
+        self,
+        queries: np.ndarray,
+        bank_thumbnails: np.ndarray,
+        candidates: np.ndarray,
+        tick: Callable[[int, int], None] | None = None,
     ) -> Alignments:
-        """queries [n, S, S] uint8; candidates [n, m] bank rows (any order)."""
+        """queries [n, S, S] uint8; candidates [n, m] bank rows (any order).
+
+        tick(done, n) is called after each query's search: progress, and a place to cancel
+        (it may raise) in what is the slowest step of scoring.
+        """
         s = self.settings
         n = len(queries)
         query_images = as_unit_images(queries)
@@ -395,6 +404,8 @@ class Verifier:
                 keep = torch.argsort(scores, descending=True)[: s.refine_poses]
                 chosen.append(poses.take(keep))
                 chosen_scores.append(scores[keep])
+                if tick is not None:
+                    tick(i + 1, n)
         # One batch over every query's shortlisted poses.
         owner = torch.cat([torch.full((len(p.which),), i) for i, p in enumerate(chosen)])
         poses = _Poses(

@@ -168,3 +168,34 @@ def test_simes_and_runs():
     assert longest_ordered_run(flagged, np.array([2, 3, 4, 9, 15, 14]), vids) == 3
     # 9 -> 10 crosses from volume 0 to volume 1: the run restarts there.
     assert longest_ordered_run(np.ones(3, bool), np.array([9, 10, 11]), vids) == 2
+
+
+def test_verification_reports_progress_per_slice_and_honours_cancel(small_cohort, small_bank):
+    """Stage 2 is the slowest step of scoring: it counts slices and can be stopped."""
+    from MemorizationIndexLib.progress import VERIFY_STAGE
+
+    root, _ = small_cohort
+    bank, _ = small_bank
+    seen = []
+    score(
+        bank,
+        root / "synthetic",
+        stride=4,
+        device="cpu",
+        progress=lambda stage, done, total: seen.append((stage, done, total)),
+    )
+    verify = [(done, total) for stage, done, total in seen if stage == VERIFY_STAGE]
+    assert verify and verify[-1][0] == verify[-1][1] > 1
+    assert [d for d, _ in verify] == sorted(d for d, _ in verify)
+
+    started = []
+    with pytest.raises(CancelledError):
+        score(
+            bank,
+            root / "synthetic",
+            stride=4,
+            device="cpu",
+            progress=lambda stage, done, total: started.append(stage == VERIFY_STAGE),
+            cancel=lambda: any(started),
+        )
+    assert sum(started) == 1  # stopped right after the first verified slice
