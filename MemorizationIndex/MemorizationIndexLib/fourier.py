@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .matching import exact_index
+from .matching import best_distinct, exact_index
 from .moments import as_unit_images, foreground_moments
 from .verification import warp
 
@@ -95,17 +95,13 @@ class PixelIndex:
     def search(self, thumbnails: np.ndarray, k: int) -> np.ndarray:
         """[n, 2k] bank rows: per descriptor, the k nearest over all query views."""
         k = min(k, self.ntotal)
-        n = len(thumbnails)
         per_view = [descriptor_sets(rotated(thumbnails, a)) for a in self.VIEW_ANGLES]
         found = []
         for d, index in enumerate(self.indexes):
             sims, rows = zip(*(index.search(v[d], k) for v in per_view), strict=True)
-            sims, rows = np.concatenate(sims, axis=1), np.concatenate(rows, axis=1)
-            best = np.zeros((n, k), np.int64)
-            for i in range(n):
-                order = np.argsort(-sims[i], kind="stable")
-                distinct = list(dict.fromkeys(rows[i, order].tolist()))[:k]
-                best[i, : len(distinct)] = distinct
-                best[i, len(distinct) :] = distinct[-1]
-            found.append(best)
+            found.append(
+                best_distinct(
+                    list(np.concatenate(sims, axis=1)), list(np.concatenate(rows, axis=1)), k
+                )
+            )
         return np.concatenate(found, axis=1)

@@ -137,3 +137,15 @@ def concat_matches(parts: list[Matches]) -> Matches:
     return Matches(
         **{name: np.concatenate([getattr(p, name) for p in parts]) for name in vars(parts[0])}
     )
+
+
+def best_distinct(similarities: list[np.ndarray], rows: list[np.ndarray], k: int) -> np.ndarray:
+    """Per query (one 1-D array of each), the k distinct rows of highest similarity, best
+    first (ties in the order given); padded with the last one when fewer are distinct."""
+    out = np.zeros((len(rows), k), np.int64)
+    for i, (sims, found) in enumerate(zip(similarities, rows, strict=True)):
+        order = np.argsort(-np.asarray(sims), kind="stable")
+        distinct = list(dict.fromkeys(np.asarray(found)[order].tolist()))[:k]
+        out[i, : len(distinct)] = distinct
+        out[i, len(distinct) :] = distinct[-1]
+    return out

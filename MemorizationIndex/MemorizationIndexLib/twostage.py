@@ -15,7 +15,7 @@ import numpy as np
 
 from .calibration import NullModel
 from .fourier import PixelIndex
-from .matching import Matches, best_over_views, concat_matches, match_queries
+from .matching import Matches, best_distinct, best_over_views, concat_matches, match_queries
 from .verification import Alignments, Verifier
 
 MIN_P = 1e-300  # p-values below this are "beyond anything the null produced"
@@ -35,22 +35,13 @@ class StageResult:
 
 def pooled_candidates(views: list[tuple[np.ndarray, Matches]], n: int, m: int) -> np.ndarray:
     """Per query, the m distinct bank rows with the best stage-1 similarity over all views."""
+    sims_by_query = [[] for _ in range(n)]
     rows_by_query = [[] for _ in range(n)]
     for rows, matches in views:
         for r, ids, sims in zip(rows, matches.topk, matches.topk_similarity, strict=True):
-            rows_by_query[r].extend(zip(sims.tolist(), ids.tolist(), strict=True))
-    out = np.zeros((n, m), np.int64)
-    for i, pairs in enumerate(rows_by_query):
-        pairs.sort(key=lambda p: -p[0])
-        seen: list[int] = []
-        for _, row in pairs:
-            if row not in seen:
-                seen.append(row)
-            if len(seen) == m:
-                break
-        out[i, : len(seen)] = seen
-        out[i, len(seen) :] = seen[-1]
-    return out
+            sims_by_query[r].extend(sims.tolist())
+            rows_by_query[r].extend(ids.tolist())
+    return best_distinct(sims_by_query, rows_by_query, m)
 
 
 def merge_candidates(first: np.ndarray, second: np.ndarray) -> np.ndarray:
