@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MemorizationIndexError
-from .progress import VERIFY_STAGE
+from .job import VERIFY_STAGE, Job
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -56,7 +56,7 @@ def _layers(text: str) -> tuple[int, ...]:
 
 
 def _flips(text: str) -> tuple[str, ...]:
-    from .preprocessing import FLIPS
+    from .geometry import FLIPS
 
     names = tuple(x for x in text.replace(" ", "").split(",") if x)
     for name in names:
@@ -150,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     progress = TqdmProgress(args.quiet)
+    job = Job(progress)
     try:
         if args.command == "build-bank":
-            return _build_bank(args, progress)
+            return _build_bank(args, job)
         if args.command == "score":
-            return _score(args, progress)
-        from .demo import run_demo
+            return _score(args, job)
+        from .demo.run import run_demo
 
         return run_demo(
             Path(args.out),
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             batch_size=args.batch_size,
             image_size=args.image_size,
-            progress=progress,
+            job=job,
         )
     except MemorizationIndexError as exc:
         progress.close()
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
 
 
-def _build_bank(args, progress) -> int:
-    from .bank import BankSettings, build_bank
+def _build_bank(args, job: Job) -> int:
+    from .bank.build import build_bank
+    from .bank.settings import BankSettings
 
     settings = BankSettings(
         image_size=args.image_size,
@@ -195,18 +197,11 @@ def _build_bank(args, progress) -> int:
         denoise_sigma=args.denoise_sigma,
         seed=args.seed,
     )
-    bank = build_bank(
-        args.train_dir,
-        args.out,
-        settings,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=progress,
-    )
-    progress.close()
+    encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    bank = build_bank(args.train_dir, args.out, settings, encoder, job)
+    job.progress.close()
     m = bank.manifest
-    print(f"Encoder: {bank.encoder['name']}")
+    print(f"Encoder: {bank.encoder_info['name']}")
     print(
         f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {args.out} "
         f"({len(m.get('skipped', []))} inputs skipped)"
@@ -221,24 +216,16 @@ def _build_bank(args, progress) -> int:
     return EXIT_OK
 
 
-def _score(args, progress) -> int:
-    from .bank import FeatureBank
-    from .report import write_report
-    from .scoring import score
+def _score(args, job: Job) -> int:
+    from .bank.feature_bank import FeatureBank
+    from .report.files import write_report
+    from .scoring.score import score
 
     bank = FeatureBank.load(args.bank_dir)
-    result = score(
-        bank,
-        args.synth_dir,
-        alpha=args.alpha,
-        stride=args.stride,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=progress,
-    )
+    encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
+    result = score(bank, args.synth_dir, encoder, alpha=args.alpha, stride=args.stride, job=job)
     write_report(result, bank, args.out)
-    progress.close()
+    job.progress.close()
     print_verdicts(result)
     print(f"Report: {Path(args.out) / 'report.html'}")
     return EXIT_OK
@@ -248,12 +235,12 @@ def print_verdicts(result) -> None:
     s = result.summary
     print(f"Encoder: {s['encoder']['name']}")
     print(f"{'volume':<48} {'verdict':<7} {'MI':>9} {'ONI':>7} {'flagged':>8} {'run':>4}  match")
-    for v in sorted(result.volumes, key=lambda v: -v["mi"]):
-        name = v["volume"] if len(v["volume"]) <= 48 else "..." + v["volume"][-45:]
+    for v in result.ranked_volumes():
+        name = v.volume if len(v.volume) <= 48 else "..." + v.volume[-45:]
         print(
-            f"{name:<48} {'COPY' if v['flagged'] else 'novel':<7} {v['mi']:>9.6f} "
-            f"{v['oni']:>+7.3f} {v['fraction_flagged']:>8.2f} {v['longest_run']:>4}  "
-            f"{Path(v['match_volume']).name}"
+            f"{name:<48} {'COPY' if v.flagged else 'novel':<7} {v.mi:>9.6f} "
+            f"{v.oni:>+7.3f} {v.fraction_flagged:>8.2f} {v.longest_run:>4}  "
+            f"{Path(v.match_volume).name}"
         )
     print(
         f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes flagged; "

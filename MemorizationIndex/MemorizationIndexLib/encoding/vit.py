@@ -1,4 +1,4 @@
-"""MRI-CORE's encoder: a DINOv2-trained ViT-B/16 in SAM's image-encoder layout.
+"""MRI-CORE's network: a DINOv2-trained ViT-B/16 in SAM's image-encoder layout.
 
 Written from the facts in DESIGN.md section 4, not copied: windowed attention (window 14)
 with global attention in a few blocks, no relative positions, an absolute position grid
@@ -9,9 +9,7 @@ tokens after each requested block, and runs no block past the last one requested
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -19,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,12 @@ class EncoderConfig:
         """MRI-CORE's ViT-B/16 (DESIGN section 4)."""
         return cls(layer_scale=layer_scale)
 
+    @classmethod
+    def tiny(cls) -> EncoderConfig:
+        """A 4-block ViT in MRI-CORE's layout (width 64): the same code paths at a fraction
+        of the cost, for tests and benchmark smoke runs. Use blocks 1, 2, 3."""
+        return cls(embed_dim=64, depth=4, num_heads=4, window_size=2, global_attn_blocks=(1, 3))
+
     @property
     def mlp_dim(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
@@ -80,33 +84,6 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
         return cls(**d)
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """What produced the features; stored in every bank and report so none is misread."""
-
-    name: str
-    trained: bool
-    checkpoint: str | None
-    checkpoint_sha256: str | None
-    config: dict
-    image_size: int
-    layers: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        return d
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so a large checkpoint never sits in memory twice."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---- the network -------------------------------------------------------------------------
@@ -325,57 +302,3 @@ def _trunc_normal(t: torch.Tensor, gen: torch.Generator, std: float = 0.02) -> N
     edge = math.erf(2.0 / math.sqrt(2.0))  # P(|z| < 2) = erf(sqrt 2)
     values = torch.empty(t.shape).uniform_(-edge, edge, generator=gen).erfinv_()
     t.copy_(values.mul_(std * math.sqrt(2.0)))
-
-
-def build_encoder(
-    checkpoint: str | os.PathLike | None,
-    image_size: int = 224,
-    layers: Sequence[int] = (3, 7, 11),
-    config: EncoderConfig | None = None,
-    seed: int = 0,
-) -> tuple[MRICoreEncoder, EncoderInfo]:
-    """The encoder in eval mode with frozen weights, and a description of it.
-
-    With a checkpoint, MRI-CORE's weights (CheckpointError if they do not fit exactly).
-    Without one, a seeded untrained encoder whose name says so, for tests and demos only.
-    """
-    config = config or EncoderConfig.vit_b()
-    if checkpoint is not None:
-        # Imported here: checkpoint.py builds on this module's EncoderConfig and MRICoreEncoder.
-        from .checkpoint import load_mricore_state_dict
-
-        path = os.path.abspath(os.fspath(checkpoint))
-        state, config = load_mricore_state_dict(path, config)
-        with torch.device("meta"):
-            model = MRICoreEncoder(config, image_size, layers)
-        model.to_empty(device="cpu")
-        model.load_state_dict(state, strict=True)
-        info = EncoderInfo(
-            name=f"MRI-CORE {config.architecture_name()}",
-            trained=True,
-            checkpoint=path,
-            checkpoint_sha256=sha256_file(path),
-            config=config.to_dict(),
-            image_size=model.image_size,
-            layers=model.layers,
-        )
-    else:
-        with torch.device("meta"):
-            model = MRICoreEncoder(config, image_size, layers)
-        model.to_empty(device="cpu")
-        model.init_random(seed)
-        info = EncoderInfo(
-            name=(
-                f"untrained {config.architecture_name()} (seed {int(seed)}) — not MRI-CORE; "
-                "results are for testing only"
-            ),
-            trained=False,
-            checkpoint=None,
-            checkpoint_sha256=None,
-            config=config.to_dict(),
-            image_size=model.image_size,
-            layers=model.layers,
-        )
-    model.eval()
-    model.requires_grad_(False)
-    return model, info

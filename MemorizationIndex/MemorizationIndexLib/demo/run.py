@@ -12,10 +12,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .bank import BankSettings, build_bank
+from ..bank.build import build_bank
+from ..bank.settings import BankSettings
+from ..job import Job
+from ..report.files import write_report
+from ..scoring.score import score
 from .cohort import make_cohort
-from .report import write_report
-from .scoring import score
 
 DEMO_STRIDE = 3
 
@@ -26,59 +28,46 @@ def run_demo(
     device: str = "auto",
     batch_size: int = 32,
     image_size: int = 112,
-    progress=None,
+    job: Job | None = None,
 ) -> int:
+    """Make the cohort in out/cohort, build out/bank, score, write out/report, and print the
+    verdict table against the truth; returns the exit status (0)."""
     started = time.perf_counter()
     out = Path(out)
     print(f"Making the example cohort from nilearn's MNI152 T1 in {out / 'cohort'} ...")
     members = make_cohort(out / "cohort")
     (out / "cohort" / "truth.json").write_text(json.dumps([asdict(m) for m in members], indent=2))
     settings = BankSettings(image_size=image_size, stride=DEMO_STRIDE)
-    bank = build_bank(
-        out / "cohort" / "train",
-        out / "bank",
-        settings,
-        checkpoint=checkpoint,
-        device=device,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    result = score(
-        bank,
-        out / "cohort" / "synthetic",
-        stride=DEMO_STRIDE,
-        checkpoint=checkpoint,
-        device=device,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    encoder = settings.encoder(checkpoint, device=device, batch_size=batch_size)
+    bank = build_bank(out / "cohort" / "train", out / "bank", settings, encoder, job)
+    result = score(bank, out / "cohort" / "synthetic", encoder, stride=DEMO_STRIDE, job=job)
     report_dir = write_report(result, bank, out / "report")
-    if progress is not None and hasattr(progress, "close"):
-        progress.close()
+    if job is not None and hasattr(job.progress, "close"):
+        job.progress.close()
 
     truth = {m.path: m for m in members}
     print()
-    print(f"Encoder: {bank.encoder['name']}")
+    print(f"Encoder: {bank.encoder_info['name']}")
     print(
         f"{'synthetic volume':<22} {'truth':<24} {'verdict':<7} {'MI':>10} {'ONI':>7} "
         f"{'flagged':>7} {'run':>4}  best match"
     )
     caught = false_alarms = n_copies = n_novel = 0
     for v in result.volumes:
-        m = truth[v["volume"]]
+        m = truth[v.volume]
         label = f"copy ({m.augmentation})" if m.role == "copy" else "novel"
         if m.role == "copy":
             n_copies += 1
-            caught += v["flagged"]
-            right = Path(v["match_volume"]).name == Path(m.source).name
+            caught += v.flagged
+            right = Path(v.match_volume).name == Path(m.source).name
         else:
             n_novel += 1
-            false_alarms += v["flagged"]
+            false_alarms += v.flagged
             right = True
         print(
-            f"{Path(v['volume']).name:<22} {label:<24} {'COPY' if v['flagged'] else 'novel':<7} "
-            f"{v['mi']:>10.6f} {v['oni']:>+7.3f} {v['fraction_flagged']:>7.2f} "
-            f"{v['longest_run']:>4}  {Path(v['match_volume']).name}{'' if right else ' (wrong)'}"
+            f"{Path(v['volume']).name:<22} {label:<24} {'COPY' if v.flagged else 'novel':<7} "
+            f"{v.mi:>10.6f} {v.oni:>+7.3f} {v.fraction_flagged:>7.2f} "
+            f"{v.longest_run:>4}  {Path(v.match_volume).name}{'' if right else ' (wrong)'}"
         )
     print()
     print(

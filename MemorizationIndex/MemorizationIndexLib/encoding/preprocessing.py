@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..geometry import flip_axes
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Query-time flips: name -> the array axes to reverse on a [rows, cols] slice.
-FLIPS = {"none": (), "hflip": (1,), "vflip": (0,), "hvflip": (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,8 @@ def prepare_slices(
     scaled = np.stack([min_max(s) for s in slices]) if len(slices) else slices
     if spec.denoise_sigma > 0 and len(slices):
         scaled = ndimage.gaussian_filter(scaled, sigma=(0, spec.denoise_sigma, spec.denoise_sigma))
-    if FLIPS[flip]:
-        scaled = np.flip(scaled, axis=tuple(a + 1 for a in FLIPS[flip]))
+    if flip_axes(flip):
+        scaled = np.flip(scaled, axis=tuple(a + 1 for a in flip_axes(flip)))
     return to_encoder_input(fit_to_grid(scaled, pixel_spacing, spec.image_size))
 
 

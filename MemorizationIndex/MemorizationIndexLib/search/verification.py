@@ -17,7 +17,6 @@ torch. Slices are compared as the bank's uint8 thumbnails (min-max scaled, aspec
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,20 +24,19 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from .moments import FOREGROUND, as_unit_images, foreground_moments, stretch_between
+from ..geometry import FLIP_NAMES, FLIPS, pose_matrices, warp
+from ..job import Step
+from .foreground import (
+    FOREGROUND_LEVEL,
+    MIN_PAIR_FOREGROUND,
+    as_unit_images,
+    foreground_moments,
+    stretch_between,
+)
 
-# Flip name -> (x sign, y sign) in image coordinates (x = columns, y = rows).
-FLIP_SIGNS = {
-    "none": (1.0, 1.0),
-    "hflip": (-1.0, 1.0),
-    "vflip": (1.0, -1.0),
-    "hvflip": (-1.0, -1.0),
-}
-FLIP_NAMES = list(FLIP_SIGNS)
 # Banks store the version of the stage-2 score their null was built with; bump it whenever
 # the score of a pair changes, so an older bank is rebuilt rather than miscalibrated.
 VERIFIER_VERSION = 2
-MIN_FOREGROUND = 0.02  # a pair needs this share of foreground pixels to be compared
 SOFT_EDGE = 0.02  # width of the soft foreground edge the refinement differentiates through
 
 
@@ -74,54 +72,6 @@ class Alignments:
     shift: np.ndarray  # [n, 2] (dx, dy) in thumbnail pixels
 
 
-def _thetas(signs: torch.Tensor, angle_deg, stretch, shift, size: int) -> torch.Tensor:
-    """affine_grid matrices [n, 2, 3] for poses: output (query) -> input (candidate) coords.
-
-    The forward pose is y = D R Fl x + t; sampling needs x = Fl R(-angle) D^-1 (y - t), in
-    normalised units. signs [n, 2], angle_deg [n], stretch [n, 2], shift [n, 2] (pixels).
-    Differentiable in angle, stretch and shift.
-    """
-    a = angle_deg * (math.pi / 180.0)
-    cos, sin = torch.cos(a), torch.sin(a)
-    inv_x, inv_y = 1.0 / stretch[:, 0], 1.0 / stretch[:, 1]
-    fx, fy = signs[:, 0], signs[:, 1]
-    # Fl @ R(-a) @ diag(1/sx, 1/sy), with R(-a) = [[cos, sin], [-sin, cos]]
-    m00, m01 = fx * cos * inv_x, fx * sin * inv_y
-    m10, m11 = -fy * sin * inv_x, fy * cos * inv_y
-    t = shift * (2.0 / size)
-    b0 = -(m00 * t[:, 0] + m01 * t[:, 1])
-    b1 = -(m10 * t[:, 0] + m11 * t[:, 1])
-    return torch.stack(
-        [torch.stack([m00, m01, b0], dim=1), torch.stack([m10, m11, b1], dim=1)], dim=1
-    )
-
-
-def _as_pair(value) -> tuple[float, float]:
-    values = np.broadcast_to(np.asarray(value, dtype=np.float64), (2,))
-    return float(values[0]), float(values[1])
-
-
-def sampling_theta(flip: str, angle_deg: float, scale, shift_px, size: int) -> np.ndarray:
-    """affine_grid matrix [2, 3] of one pose (scale: one factor or a (x, y) stretch)."""
-    theta = _thetas(
-        torch.tensor([FLIP_SIGNS[flip]], dtype=torch.float64),
-        torch.tensor([float(angle_deg)], dtype=torch.float64),
-        torch.tensor([_as_pair(scale)], dtype=torch.float64),
-        torch.tensor([_as_pair(shift_px)], dtype=torch.float64),
-        size,
-    )
-    return theta[0].numpy()
-
-
-def warp(images: torch.Tensor, thetas) -> torch.Tensor:
-    """Sample [n, S, S] images through [n, 2, 3] affine_grid matrices (zeros outside)."""
-    theta = torch.as_tensor(thetas, dtype=torch.float32)
-    grid = F.affine_grid(theta, (len(theta), 1, *images.shape[-2:]), align_corners=False)
-    return F.grid_sample(
-        images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )[:, 0]
-
-
 def _ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """NCC of [n, S, S] pairs over a (hard or soft) mask -> [n]."""
     count = mask.sum(dim=(-2, -1)).clamp_min(1.0)
@@ -139,8 +89,8 @@ def foreground_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     A pair with almost no foreground (the tip of the head) carries no evidence: 0.
     """
-    mask = ((a > FOREGROUND) | (b > FOREGROUND)).float()
-    informative = mask.sum(dim=(-2, -1)) >= MIN_FOREGROUND * a.shape[-1] * a.shape[-2]
+    mask = ((a > FOREGROUND_LEVEL) | (b > FOREGROUND_LEVEL)).float()
+    informative = mask.sum(dim=(-2, -1)) >= MIN_PAIR_FOREGROUND * a.shape[-1] * a.shape[-2]
     ncc = _ncc(a, b, mask)
     return torch.where(informative, ncc, torch.zeros_like(ncc))
 
@@ -148,7 +98,8 @@ def foreground_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _soft_foreground_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """foreground_ncc with a smooth mask edge, so the optimiser sees a smooth objective."""
     mask = torch.maximum(
-        torch.sigmoid((a - FOREGROUND) / SOFT_EDGE), torch.sigmoid((b - FOREGROUND) / SOFT_EDGE)
+        torch.sigmoid((a - FOREGROUND_LEVEL) / SOFT_EDGE),
+        torch.sigmoid((b - FOREGROUND_LEVEL) / SOFT_EDGE),
     )
     return _ncc(a, b, mask)
 
@@ -219,8 +170,8 @@ class _Poses:
     shift: torch.Tensor  # [m, 2] pixels
 
     def thetas(self, size: int) -> torch.Tensor:
-        signs = torch.tensor([FLIP_SIGNS[FLIP_NAMES[f]] for f in self.flip.tolist()])
-        return _thetas(signs, self.angle, self.stretch, self.shift, size)
+        signs = torch.tensor([FLIPS[FLIP_NAMES[f]] for f in self.flip.tolist()])
+        return pose_matrices(signs, self.angle, self.stretch, self.shift, size)
 
     def take(self, idx) -> _Poses:
         return _Poses(
@@ -246,8 +197,8 @@ class Verifier:
         if size not in self._grids:
             angles = torch.tensor(self.settings.angles, dtype=torch.float32)
             n = len(FLIP_NAMES) * len(angles)
-            signs = torch.tensor([FLIP_SIGNS[f] for f in FLIP_NAMES])
-            thetas = _thetas(
+            signs = torch.tensor([FLIPS[f] for f in FLIP_NAMES])
+            thetas = pose_matrices(
                 signs.repeat_interleave(len(angles), dim=0),
                 angles.repeat(len(FLIP_NAMES)),
                 torch.ones(n, 2),
@@ -270,7 +221,7 @@ class Verifier:
         k = len(candidates)
         stretched = warp(
             candidates,
-            _thetas(torch.ones(k, 2), torch.zeros(k), stretch, torch.zeros(k, 2), full),
+            pose_matrices(torch.ones(k, 2), torch.zeros(k), stretch, torch.zeros(k, 2), full),
         )
         both = torch.stack([candidates, stretched], dim=1).reshape(2 * k, full, full)
         if size != full:
@@ -331,7 +282,7 @@ class Verifier:
         foreground NCC at the refined poses."""
         s = self.settings
         size = queries.shape[-1]
-        signs = torch.tensor([FLIP_SIGNS[FLIP_NAMES[f]] for f in poses.flip.tolist()])
+        signs = torch.tensor([FLIPS[FLIP_NAMES[f]] for f in poses.flip.tolist()])
         # Parameters per pose: angle (degrees), log stretch x 100 (x, y), shift (x, y).
         start = torch.cat(
             [poses.angle[:, None], 100.0 * poses.stretch.log(), poses.shift], dim=1
@@ -348,7 +299,7 @@ class Verifier:
 
         def objective(flat: np.ndarray):
             x = torch.tensor(flat.reshape(-1, 5), dtype=torch.float32, requires_grad=True)
-            thetas = _thetas(signs, x[:, 0], torch.exp(x[:, 1:3] / 100.0), x[:, 3:5], size)
+            thetas = pose_matrices(signs, x[:, 0], torch.exp(x[:, 1:3] / 100.0), x[:, 3:5], size)
             grid = F.affine_grid(thetas, (len(x), 1, size, size), align_corners=False)
             moved = F.grid_sample(
                 images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
@@ -375,12 +326,12 @@ class Verifier:
         queries: np.ndarray,
         bank_thumbnails: np.ndarray,
         candidates: np.ndarray,
-        tick: Callable[[int, int], None] | None = None,
+        progress: Step | None = None,
     ) -> Alignments:
         """queries [n, S, S] uint8; candidates [n, m] bank rows (any order).
 
-        tick(done, n) is called after each query's search: progress, and a place to cancel
-        (it may raise) in what is the slowest step of scoring.
+        progress.update(done, n) follows each query's search: progress, and a place to
+        cancel (it may raise) in what is the slowest step of scoring.
         """
         s = self.settings
         n = len(queries)
@@ -404,8 +355,8 @@ class Verifier:
                 keep = torch.argsort(scores, descending=True)[: s.refine_poses]
                 chosen.append(poses.take(keep))
                 chosen_scores.append(scores[keep])
-                if tick is not None:
-                    tick(i + 1, n)
+                if progress is not None:
+                    progress.update(i + 1, n)
         # One batch over every query's shortlisted poses.
         owner = torch.cat([torch.full((len(p.which),), i) for i, p in enumerate(chosen)])
         poses = _Poses(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .encoder import EncoderConfig, MRICoreEncoder
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .vit import EncoderConfig, MRICoreEncoder
 
 # Where the encoder's state dict sits in the pickle, in order of preference.
 CONTAINER_KEYS = ("teacher", "student", "model", "state_dict")

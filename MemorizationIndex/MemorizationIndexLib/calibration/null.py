@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 MIN_NULL_SAMPLES = 20
 TAIL_QUANTILE = 0.9

@@ -1,12 +1,14 @@
-"""Nearest training slices for query slices: per-layer exact search, then one consistent match.
+"""Stage 1: nearest training slices by encoder features (per-layer exact search, then one
+consistent match per query), and the exact faiss indexes it runs on.
 
-Used the same way by calibration (held-out training volumes against the rest) and by
-scoring (synthetic slices against the whole bank), so the null and the scores are
-computed by one piece of code.
+SliceIndex (index.py) calls it the same way for calibration (held-out training volumes
+against the rest) and for scoring (synthetic slices against the whole bank).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
@@ -17,7 +19,22 @@ COSINE_FLOOR = 1e-6
 
 # faiss's flat search uses BLAS only for query batches above this size (default 20): below
 # it, one volume's slices against a large bank run an order of magnitude slower.
-faiss.cvar.distance_compute_blas_threshold = 16
+BLAS_THRESHOLD = 16
+
+
+@contextmanager
+def small_batch_blas() -> Iterator[None]:
+    """faiss's BLAS threshold set to BLAS_THRESHOLD inside the block only.
+
+    The setting is process-wide in faiss; inside Slicer other modules use faiss too, so it
+    is changed for the engine's own searches and then put back.
+    """
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def exact_index(vectors: np.ndarray) -> faiss.Index:

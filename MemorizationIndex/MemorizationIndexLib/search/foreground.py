@@ -3,7 +3,8 @@
 A crop resized back stretches a copy along the image axes by a few per cent, differently
 along rows and columns; the ratio of two slices' foreground spreads measures that stretch
 directly. Candidate search (fourier.py) normalises thumbnails by it, and verification
-(verification.py) starts its pose search from it.
+(verification.py) starts its pose search from it. Slice-level foreground (which slices of a
+volume are kept) is decided when reading scans (scans/slicing.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-FOREGROUND = 0.08  # share of the [0, 1] range above which a thumbnail pixel is foreground
+# Thumbnails (uint8 scaled to [0, 1]) have a single foreground threshold, used by the pixel
+# descriptors' normalisation and by verification's foreground NCC.
+FOREGROUND_LEVEL = 0.08  # share of the [0, 1] range above which a thumbnail pixel is foreground
+MIN_PAIR_FOREGROUND = 0.02  # a pair needs this share of foreground pixels to be compared
 
 
 def foreground_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,7 +25,7 @@ def foreground_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     columns (x) and rows (y). Binary foreground, so intensity changes do not move them; an
     empty image gets the image centre and a spread of one pixel.
     """
-    mask = (images > FOREGROUND).to(torch.float32)
+    mask = (images > FOREGROUND_LEVEL).to(torch.float32)
     size_y, size_x = images.shape[-2:]
     ys = torch.arange(size_y, dtype=torch.float32)
     xs = torch.arange(size_x, dtype=torch.float32)

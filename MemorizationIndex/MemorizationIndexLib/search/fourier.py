@@ -7,7 +7,7 @@ transform does not change under (circular) shifts; folding it over the frequency
 makes it also blind to flips, and keeping only the lowest frequencies tolerates small
 rotations and noise. A crop resized back stretches the slice along its axes, which moves
 every frequency; resampling each thumbnail so its foreground is centred and spreads by a
-fixed amount along each axis (moments.py) undoes that stretch. Nearest neighbours under
+fixed amount along each axis (foreground.py) undoes that stretch. Nearest neighbours under
 both descriptors (plain and normalised) are proposed to stage 2 alongside stage 1's.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .matching import best_distinct, exact_index
-from .moments import as_unit_images, foreground_moments
-from .verification import warp
+from ..geometry import warp
+from .foreground import as_unit_images, foreground_moments
+from .neighbours import best_distinct, exact_index
 
 FREQUENCIES = 12  # lowest frequencies kept per axis (after folding)
 SPREAD = 1.0 / 7.0  # foreground spread per axis after normalisation, share of the size

@@ -1,0 +1,113 @@
+"""BankSettings: every choice that shapes a bank, checked when it is made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+from ..encoding.encoder import Encoder
+from ..encoding.preprocessing import PreprocessSpec
+from ..encoding.vit import EncoderConfig
+from ..errors import SettingsError
+from ..geometry import FLIPS
+from ..scans import ReadOptions
+from ..scans.slicing import MIN_FOREGROUND_SHARE
+from ..search.index import SliceIndex
+
+
+@dataclass(frozen=True)
+class BankSettings:
+    """Choices that shape a bank. Those in MUST_MATCH are checked again at scoring time."""
+
+    image_size: int = 224
+    layers: tuple[int, ...] = (3, 7, 11)
+    axis: str = "axial"
+    stride: int = 1
+    min_foreground: float = MIN_FOREGROUND_SHARE
+    flips: tuple[str, ...] = ("none", "hflip", "vflip")
+    top_k: int = 10
+    calibration_folds: int = 10
+    null_max_slices: int = 3000
+    thumbnail_size: int = 64
+    denoise_sigma: float = 1.0
+    verify: bool = True
+    verify_k: int = 24
+    pixel_k: int = 8
+    seed: int = 0
+
+    MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        flips = tuple(self.flips)
+        if "none" not in flips:
+            flips = ("none", *flips)
+        object.__setattr__(self, "flips", flips)
+        for flip in flips:
+            if flip not in FLIPS:
+                raise SettingsError(f"Unknown flip {flip!r}; choose from {', '.join(FLIPS)}.")
+        if not self.layers:
+            raise SettingsError("--layers needs at least one encoder block index.")
+        if self.top_k < 1:
+            raise SettingsError(f"--top-k must be at least 1 (got {self.top_k}).")
+        if self.calibration_folds < 2:
+            raise SettingsError(
+                f"--calibration-folds must be at least 2 (got {self.calibration_folds})."
+            )
+        if self.pixel_k < 0:
+            raise SettingsError(f"--pixel-k must be >= 0 (got {self.pixel_k}).")
+        if self.verify and self.verify_k < 1:
+            raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
+        if self.denoise_sigma < 0:
+            raise SettingsError(f"--denoise-sigma must be >= 0 (got {self.denoise_sigma}).")
+        if self.null_max_slices < 100:
+            raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
+        self.read_options()  # validates axis, stride, min_foreground
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(axis=self.axis, stride=self.stride, min_foreground=self.min_foreground)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(image_size=self.image_size, denoise_sigma=self.denoise_sigma)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["flips"] = list(self.flips)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BankSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        )
+
+    def slice_index(self) -> SliceIndex:
+        """An unfitted SliceIndex with these search settings (stage 2 only with verify)."""
+        return SliceIndex(
+            top_k=self.top_k,
+            verify_k=self.verify_k if self.verify else 0,
+            pixel_k=self.pixel_k if self.verify else 0,
+        )
+
+    def encoder(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        config: EncoderConfig | dict | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> Encoder:
+        """The encoder these settings call for: MRI-CORE's ViT-B from `checkpoint` (or
+        untrained, seeded by `seed`, without one); `config` picks another architecture
+        (small ones keep tests fast) and is recorded in the bank."""
+        return Encoder.load(
+            checkpoint,
+            image_size=self.image_size,
+            layers=self.layers,
+            config=config,
+            seed=self.seed,
+            denoise_sigma=self.denoise_sigma,
+            device=device,
+            batch_size=batch_size,
+        )

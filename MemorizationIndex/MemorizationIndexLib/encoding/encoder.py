@@ -1,0 +1,199 @@
+"""The Encoder object: MRI-CORE's network with everything that decides its features.
+
+An `Encoder` knows its network and what produced it (`info`: checkpoint and its SHA-256,
+architecture, input size, layers), its preprocessing, the device it runs on and its batch
+size. Banks record `info` and refuse an encoder that differs; `FeatureBank.load_encoder`
+rebuilds the bank's own, `BankSettings.encoder` builds one for a new bank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import SettingsError
+from ..job import Step
+from .checkpoint import load_mricore_state_dict
+from .preprocessing import PreprocessSpec, prepare_slices
+from .vit import EncoderConfig, MRICoreEncoder
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What produced the features; stored in every bank and report so none is misread."""
+
+    name: str
+    trained: bool
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    config: dict
+    image_size: int
+    layers: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks so a large checkpoint never sits in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_network(
+    checkpoint: str | os.PathLike | None,
+    image_size: int = 224,
+    layers: Sequence[int] = (3, 7, 11),
+    config: EncoderConfig | None = None,
+    seed: int = 0,
+) -> tuple[MRICoreEncoder, EncoderInfo]:
+    """The network in eval mode with frozen weights, and a description of it.
+
+    With a checkpoint, MRI-CORE's weights (CheckpointError if they do not fit exactly).
+    Without one, a seeded untrained network whose name says so, for tests and demos only.
+    """
+    config = config or EncoderConfig.vit_b()
+    path = state = None
+    if checkpoint is not None:
+        path = os.path.abspath(os.fspath(checkpoint))
+        state, config = load_mricore_state_dict(path, config)
+    with torch.device("meta"):
+        model = MRICoreEncoder(config, image_size, layers)
+    model.to_empty(device="cpu")
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+        name = f"MRI-CORE {config.architecture_name()}"
+    else:
+        model.init_random(seed)
+        name = (
+            f"untrained {config.architecture_name()} (seed {int(seed)}) — not MRI-CORE; "
+            "results are for testing only"
+        )
+    info = EncoderInfo(
+        name=name,
+        trained=state is not None,
+        checkpoint=path,
+        checkpoint_sha256=sha256_file(path) if path else None,
+        config=config.to_dict(),
+        image_size=model.image_size,
+        layers=model.layers,
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return model, info
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' takes CUDA, then Apple's MPS, then the CPU; an explicit name must be available."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise SettingsError(f"--device {device!r} is not a device name ({exc}).") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"--device {device!r}: no CUDA GPU is available here.")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"--device {device!r}: Apple MPS is not available here.")
+    return resolved
+
+
+class Encoder:
+    """Encodes slices into one mean-pooled feature vector per requested block.
+
+    network: an MRICoreEncoder; info: its EncoderInfo; spec: the preprocessing;
+    device: 'auto', 'cpu', 'cuda', ...; batch_size: slices per network call. bf16
+    autocast on CUDA, exact fp32 elsewhere.
+    """
+
+    def __init__(
+        self,
+        network: MRICoreEncoder,
+        info: EncoderInfo,
+        spec: PreprocessSpec,
+        device: str = "auto",
+        batch_size: int = 32,
+    ):
+        if batch_size < 1:
+            raise SettingsError(f"--batch-size must be at least 1 (got {batch_size}).")
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.info = info
+        self.spec = spec
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        image_size: int = 224,
+        layers: Sequence[int] = (3, 7, 11),
+        config: EncoderConfig | dict | None = None,
+        seed: int = 0,
+        denoise_sigma: float = 1.0,
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> Encoder:
+        """MRI-CORE from a checkpoint (or, without one, a seeded untrained network)."""
+        if isinstance(config, dict):
+            config = EncoderConfig.from_dict(config)
+        network, info = build_network(checkpoint, image_size, layers, config, seed)
+        spec = PreprocessSpec(image_size=image_size, denoise_sigma=denoise_sigma)
+        return cls(network, info, spec, device, batch_size)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.network.layers
+
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor, progress: Step | None = None) -> list[np.ndarray]:
+        """[n, 3, S, S] preprocessed slices -> one float32 [n, D] array per requested layer.
+
+        progress.update(done, n) runs before each network batch: callers report progress
+        and honour Cancel there, so a large volume never freezes a user interface.
+        """
+        outputs: list[list[np.ndarray]] | None = None
+        for start in range(0, len(batch), self.batch_size):
+            if progress is not None:
+                progress.update(start, len(batch))
+            chunk = batch[start : start + self.batch_size].to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    layers = self.network(chunk)
+            else:
+                layers = self.network(chunk)
+            arrays = [t.float().cpu().numpy() for t in layers]
+            if outputs is None:
+                outputs = [[a] for a in arrays]
+            else:
+                for store, a in zip(outputs, arrays, strict=True):
+                    store.append(a)
+        assert outputs is not None, "encode() needs at least one slice"
+        return [np.concatenate(parts, axis=0) for parts in outputs]
+
+    def encode_slices(
+        self,
+        slices: np.ndarray,
+        pixel_spacing: tuple[float, float],
+        flip: str = "none",
+        progress: Step | None = None,
+    ) -> list[np.ndarray]:
+        """Raw slices [n, rows, cols] (pixel_spacing in mm: row, column) seen through a
+        flip -> one float32 [n, D] array per requested layer."""
+        return self.encode(prepare_slices(slices, pixel_spacing, self.spec, flip), progress)

@@ -1,0 +1,55 @@
+"""Score outputs: slices.csv, volumes.csv, summary.json and a self-contained report.html,
+written together into one folder, atomically.
+
+The CSV columns are a contract other tools read (README, "Output files"); the rows come
+from the typed results (scoring/results.py), which hold that contract.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from ..atomic import atomic_directory
+from ..bank.feature_bank import FeatureBank
+from ..scoring.results import (
+    SLICE_COLUMNS_REQUIRED,
+    VOLUME_COLUMNS_REQUIRED,
+    ScoreResult,
+    SliceResult,
+    VolumeResult,
+)
+from .html import render_html
+
+
+def write_csv(
+    path: Path, results: list[SliceResult] | list[VolumeResult], required: tuple[str, ...]
+) -> None:
+    rows = [r.as_row() for r in results]
+    columns = list(required) + [c for c in (rows[0].keys() if rows else []) if c not in required]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+
+def _csv_value(v):
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        return f"{v:.6g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.3e}"
+    return v
+
+
+def write_report(result: ScoreResult, bank: FeatureBank, out_dir: str | os.PathLike) -> Path:
+    """Write all four outputs at once (atomically); returns the report folder."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
+        write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
+        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
+        (tmp / "report.html").write_text(render_html(result, bank))
+    return out_dir

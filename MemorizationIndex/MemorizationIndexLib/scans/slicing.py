@@ -1,0 +1,247 @@
+"""Cut a volume into canonically oriented 2D slices and keep the foreground ones.
+
+Every volume is reoriented to LPS (direction identity, array [z, y, x]), so slices
+of a training scan and of a synthetic scan are compared in the same anatomical
+frame whatever orientation each file was stored in. Slices are shown the way a
+radiologist reads them: axial with anterior up and patient right on the left,
+coronal and sagittal with superior up.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError, SettingsError
+from .sources import ScanVolume, reader_reason
+
+# Slice-level foreground: a voxel is foreground above BACKGROUND_LEVEL of the way from the
+# volume's 1st to its 99th intensity percentile; a slice is kept when at least
+# MIN_FOREGROUND_SHARE of its pixels are (ReadOptions.min_foreground).
+BACKGROUND_LEVEL = 0.1
+MIN_FOREGROUND_SHARE = 0.05
+
+AXES = ("axial", "coronal", "sagittal")
+
+# Suffixes are matched on the lower-cased file name; longer ones first.
+
+
+MIN_INPLANE = 16  # the encoder's patch size: a smaller slice cannot make one token
+
+
+_CANONICAL = "LPS"
+
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+_OBLIQUE_WARN_DEG = 1.0
+
+
+_AXIS_OF = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axis of [z, y, x]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How slices are taken from a volume; checked here so a bad value fails before any read."""
+
+    axis: str = "axial"
+    stride: int = 1  # keep the foreground slices whose index is a multiple of stride
+    # a slice with a smaller share of foreground pixels is background
+    min_foreground: float = MIN_FOREGROUND_SHARE
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise SettingsError(
+                f"ReadOptions.axis must be one of {', '.join(AXES)} (got {self.axis!r})."
+            )
+        if isinstance(self.stride, bool) or not isinstance(self.stride, (int, np.integer)):
+            raise SettingsError(f"ReadOptions.stride must be a whole number (got {self.stride!r}).")
+        if self.stride < 1:
+            raise SettingsError(f"ReadOptions.stride must be at least 1 (got {self.stride}).")
+        share = self.min_foreground
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share < 1:
+            raise SettingsError(
+                "ReadOptions.min_foreground must be a fraction in [0, 1) "
+                f"(got {self.min_foreground!r})."
+            )
+
+
+def scan_from_image(
+    image: sitk.Image,
+    source: str,
+    options: ReadOptions = ReadOptions(),
+    series_uid: str = "",
+) -> ScanVolume:
+    """The same canonicalisation as read_scan for an image already in memory (Slicer nodes)."""
+    return canonical_volume(image, str(source), options, series_uid, [])
+
+
+def _size_text(size) -> str:
+    return "x".join(str(int(s)) for s in size)
+
+
+def _to_scalar_3d(image: sitk.Image, source: str, warnings: list[str]) -> sitk.Image:
+    """First 3D volume of a 4D+ image, mean of vector components, float32."""
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim < 3:
+        raise InputError(
+            f"{source} is a {dim}D image ({_size_text(size)}); MemorizationIndex needs a 3D volume."
+        )
+    if dim > 3:
+        image = sitk.Extract(image, list(size[:3]) + [0] * (dim - 3), [0] * dim)
+        if any(s > 1 for s in size[3:]):
+            warnings.append(
+                f"{source} is a {dim}D image ({_size_text(size)}); only its first 3D volume "
+                "(index 0 along the extra axes, e.g. the first time point or echo) is used."
+            )
+    pixel = image.GetPixelID()
+    if pixel in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(
+            f"{source} has complex-valued voxels; MemorizationIndex needs magnitude images."
+        )
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        values = sitk.GetArrayViewFromImage(image)
+        mean = values.mean(axis=-1, dtype=np.float64).astype(np.float32)
+        scalar = sitk.GetImageFromArray(mean)
+        scalar.CopyInformation(image)
+        image = scalar
+        warnings.append(
+            f"{source} has {components} values per voxel (e.g. RGB or a vector); "
+            "their mean is used."
+        )
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def _oriented(image: sitk.Image, name: str, warnings: list[str]) -> sitk.Image:
+    """A scalar float32 3D image in LPS; InputError for anything that cannot be one."""
+    try:
+        image = _to_scalar_3d(image, name, warnings)
+        size = image.GetSize()
+        wide = [s for s in size if s > 1]
+        if len(wide) < 3:
+            shown = _size_text(wide) if len(wide) == 2 else _size_text(size)
+            raise InputError(
+                f"{name} is a 2D image ({shown}); MemorizationIndex needs a 3D volume."
+            )
+        if image.GetDirection() != _IDENTITY:
+            image = sitk.DICOMOrient(image, _CANONICAL)
+    except RuntimeError as exc:
+        raise InputError(f"{name} could not be read as a 3D volume: {reader_reason(exc)}.") from exc
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    tilt = float(np.degrees(np.arccos(np.clip(np.diag(direction), -1.0, 1.0))).max())
+    if tilt > _OBLIQUE_WARN_DEG:
+        warnings.append(
+            f"{name} is oblique ({tilt:.1f} degrees from the LPS axes); slices follow the "
+            "acquisition plane nearest to the chosen axis, without resampling."
+        )
+    return image
+
+
+def _finite(image: sitk.Image, name: str, warnings: list[str]) -> sitk.Image:
+    """NaN and infinite voxels set to the finite minimum (with a warning)."""
+    values = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(values)
+    if finite.all():
+        return image
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
+        raise InputError(f"{name} has no finite voxel (all are NaN or infinite).")
+    fixed = values.copy()
+    low = float(fixed[finite].min())
+    fixed[~finite] = low
+    warnings.append(
+        f"{name} has {fixed.size - n_finite} NaN or infinite voxel(s); they were set to the "
+        f"volume's finite minimum ({low:g})."
+    )
+    canonical = sitk.GetImageFromArray(fixed)
+    canonical.CopyInformation(image)
+    return canonical
+
+
+def _kept_slices(values: np.ndarray, axis: int, options: ReadOptions, name: str) -> np.ndarray:
+    """Indices along `axis` of the foreground slices whose index is a multiple of stride."""
+    p1, p99 = np.percentile(values, [1, 99])
+    threshold = float(p1 + BACKGROUND_LEVEL * (p99 - p1))
+    other = tuple(a for a in range(3) if a != axis)
+    rows, cols = (values.shape[a] for a in other)
+    share = np.count_nonzero(values > threshold, axis=other) / float(rows * cols)
+    constant = values.max(axis=other) == values.min(axis=other)
+    foreground = np.flatnonzero((share >= options.min_foreground) & ~constant)
+    if foreground.size == 0:
+        low, high = float(values.min()), float(values.max())
+        if low == high:
+            raise InputError(f"{name} is constant (every voxel is {low:g}); it holds no image.")
+        raise InputError(
+            f"{name} has no foreground slice: no {options.axis} slice has "
+            f"{options.min_foreground:.0%} of its pixels above the background threshold "
+            f"({threshold:.4g})."
+        )
+    # The stride is anchored to the slice grid, not to the first foreground slice, so that a
+    # copy whose background differs (added noise) is sampled at the same slices as its source.
+    return foreground[foreground % options.stride == 0].astype(np.int64)
+
+
+def _cut(image: sitk.Image, values: np.ndarray, kept: np.ndarray, axis: int):
+    """(slices [n, rows, cols] in display orientation, LPS centres [n, 3], (row, col) mm)."""
+    if axis == 0:
+        slices = values[kept]
+    elif axis == 1:
+        slices = values[:, kept, :].transpose(1, 0, 2)[:, ::-1, :]
+    else:
+        slices = values[:, :, kept].transpose(2, 0, 1)[:, ::-1, :]
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    nz, ny, nx = values.shape
+    sx, sy, sz = image.GetSpacing()
+    spacing = {0: (sy, sx), 1: (sz, sx), 2: (sz, sy)}[axis]
+    centre = [(nx - 1) / 2.0, (ny - 1) / 2.0, (nz - 1) / 2.0]  # (x, y, z) index order
+    positions = np.empty((len(kept), 3), dtype=np.float64)
+    for row, k in enumerate(kept):
+        index = list(centre)
+        index[2 - axis] = float(k)
+        positions[row] = image.TransformContinuousIndexToPhysicalPoint(index)
+    return slices, positions, (float(spacing[0]), float(spacing[1]))
+
+
+def canonical_volume(
+    image: sitk.Image,
+    source: str,
+    options: ReadOptions,
+    series_uid: str,
+    warnings: list[str],
+    name: str = "",
+) -> ScanVolume:
+    """Canonical slices of one image; `name` is how messages call it (default: source)."""
+    warnings = list(warnings)
+    name = name or source
+    image = _oriented(image, name, warnings)
+    axis = _AXIS_OF[options.axis]
+    nz, ny, nx = sitk.GetArrayViewFromImage(image).shape
+    rows, cols = {0: (ny, nx), 1: (nz, nx), 2: (nz, ny)}[axis]
+    if min(rows, cols) < MIN_INPLANE:
+        raise InputError(
+            f"{name}: its {options.axis} slices are {rows}x{cols} pixels; MemorizationIndex "
+            f"needs at least {MIN_INPLANE} pixels on each side (the encoder's patch size)."
+        )
+    image = _finite(image, name, warnings)
+    values = sitk.GetArrayViewFromImage(image)  # [z, y, x]
+    kept = _kept_slices(values, axis, options, name)
+    slices, positions, spacing = _cut(image, values, kept, axis)
+    return ScanVolume(
+        source=source,
+        series_uid=series_uid,
+        slices=slices,
+        slice_indices=kept,
+        positions=positions,
+        pixel_spacing=spacing,
+        n_total_slices=int(values.shape[axis]),
+        warnings=warnings,
+        image=image,
+    )

@@ -1,0 +1,226 @@
+"""Typed results: one SliceResult per scored slice, one VolumeResult per volume, and the
+ScoreResult that holds them. The CSV column contract lives here (`columns`, `as_row`), and
+so does the one ranking rule the report, the CLI and Slicer use (`ranked`).
+
+A result also reads as its CSV row: `slice_result["mi"]`, `"verified_ncc" in
+slice_result`, `slice_result.get("angle_deg")`, so tables can be built by column name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ..scans import SkippedInput
+from ..search.verification import Alignments
+
+# Columns that every slices.csv / volumes.csv starts with (README, "Output files"); new
+# columns may be added after them, these are never renamed.
+SLICE_COLUMNS_REQUIRED = (
+    "volume",
+    "slice_index",
+    "similarity",
+    "mi",
+    "oni",
+    "match_volume",
+    "match_slice",
+    "flagged",
+)
+VOLUME_COLUMNS_REQUIRED = (
+    "volume",
+    "mi",
+    "oni",
+    "fraction_flagged",
+    "match_volume",
+    "longest_run",
+    "flagged",
+)
+
+
+class _Row:
+    """Read access by CSV column name, for dataclasses that define `as_row`. Columns that
+    are fields of the same name are read directly; the others through `as_row`."""
+
+    _RENAMED = frozenset({"flip", "statistic", "position", "match_position", "shift_mm"})
+
+    def as_row(self) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, column: str):
+        if column not in self._RENAMED and column in self.__dataclass_fields__:
+            value = getattr(self, column)
+            if value is not None and not isinstance(value, (tuple, dict)):
+                return value
+        return self.as_row()[column]
+
+    def __contains__(self, column: str) -> bool:
+        return column in self.as_row()
+
+    def get(self, column: str, default=None):
+        return self.as_row().get(column, default)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.as_row())
+
+
+@dataclass(eq=False)
+class SliceResult(_Row):
+    """One scored synthetic slice. Positions are LPS millimetres of the slice centre;
+    similarity is the stage-1 feature similarity (cosine, geometric mean over layers);
+    statistic is what MI calibrates (column `score`); mi in [0, 1], oni in [-1, 1],
+    p_value in (0, 1]. The pose maps the training slice onto this one: flip (column
+    `transform`), angle_deg (degrees), shift in mm, scale (stretch along x = columns,
+    y = rows); verified_ncc is stage 2's aligned NCC (None when verification is off)."""
+
+    volume: str
+    series_uid: str
+    slice_index: int
+    position: tuple[float, float, float]
+    similarity: float
+    mi: float
+    oni: float
+    p_value: float
+    flagged: bool
+    match_volume: str
+    match_series_uid: str
+    match_slice: int
+    match_position: tuple[float, float, float]
+    statistic: float
+    view: str
+    flip: str
+    angle_deg: float = 0.0
+    shift_mm: tuple[float, float] = (0.0, 0.0)
+    scale: tuple[float, float] = (1.0, 1.0)
+    verified_ncc: float | None = None
+    margin: float = 0.0
+    agreement: float = 0.0
+    layer_similarity: dict[int, float] = field(default_factory=dict)
+    top_matches: str = ""
+
+    def as_row(self) -> dict:
+        """The slices.csv row, columns in file order."""
+        row = {
+            "volume": self.volume,
+            "series_uid": self.series_uid,
+            "slice_index": self.slice_index,
+            "position_x": self.position[0],
+            "position_y": self.position[1],
+            "position_z": self.position[2],
+            "similarity": self.similarity,
+            "mi": self.mi,
+            "oni": self.oni,
+            "p_value": self.p_value,
+            "flagged": self.flagged,
+            "match_volume": self.match_volume,
+            "match_series_uid": self.match_series_uid,
+            "match_slice": self.match_slice,
+            "match_position_x": self.match_position[0],
+            "match_position_y": self.match_position[1],
+            "match_position_z": self.match_position[2],
+            "score": self.statistic,
+            "view": self.view,
+        }
+        if self.verified_ncc is not None:
+            row["verified_ncc"] = self.verified_ncc
+        row.update(
+            {
+                "transform": self.flip,
+                "angle_deg": self.angle_deg,
+                "shift_x_mm": self.shift_mm[0],
+                "shift_y_mm": self.shift_mm[1],
+                "scale_x": self.scale[0],
+                "scale_y": self.scale[1],
+                "margin": self.margin,
+                "agreement": self.agreement,
+            }
+        )
+        for layer, value in self.layer_similarity.items():
+            row[f"layer{layer}_similarity"] = value
+        row["top_matches"] = self.top_matches
+        return row
+
+
+@dataclass(eq=False)
+class VolumeResult(_Row):
+    """One scored synthetic volume. mi = 1 - p_value, the Simes combination of its slice
+    p-values; oni the mean slice ONI; mi_max and mi_q90 over its slices; fraction_flagged
+    and match_fraction are shares of its slices; longest_run counts consecutive flagged
+    slices matching consecutive slices of match_volume; flip (column `transform`) is the
+    most common flip of its flagged slices ("" when none is flagged)."""
+
+    volume: str
+    series_uid: str
+    n_slices: int
+    mi: float
+    p_value: float
+    oni: float
+    mi_max: float
+    mi_q90: float
+    fraction_flagged: float
+    match_volume: str
+    match_fraction: float
+    longest_run: int
+    flip: str
+    flagged: bool
+    warnings: str
+
+    def as_row(self) -> dict:
+        """The volumes.csv row, columns in file order."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["transform"] = row.pop("flip")
+        return {k: row[k] for k in _VOLUME_ORDER}
+
+
+_VOLUME_ORDER = (
+    "volume",
+    "series_uid",
+    "n_slices",
+    "mi",
+    "p_value",
+    "oni",
+    "mi_max",
+    "mi_q90",
+    "fraction_flagged",
+    "match_volume",
+    "match_fraction",
+    "longest_run",
+    "transform",
+    "flagged",
+    "warnings",
+)
+
+
+def ranked(results: Sequence[SliceResult | VolumeResult]) -> list[int]:
+    """Indices of results, most suspicious first: higher MI, then (slices) higher
+    similarity, then the order given. The one ranking of the report, the CLI and Slicer."""
+    return sorted(
+        range(len(results)),
+        key=lambda i: (-results[i].mi, -getattr(results[i], "similarity", 0.0)),
+    )
+
+
+@dataclass
+class ScoreResult:
+    """Everything `score` reports. slices and volumes are typed rows (their `as_row` is the
+    CSV row); query_thumbnails [n, S, S] uint8 and match_rows [n] (bank rows) are for
+    the report's pictures; alignment is stage 2's pose per slice (None without it)."""
+
+    slices: list[SliceResult]
+    volumes: list[VolumeResult]
+    summary: dict
+    skipped: list[SkippedInput]
+    query_thumbnails: np.ndarray
+    match_rows: np.ndarray
+    alpha: float
+    alignment: Alignments | None = None
+
+    def flagged_volumes(self) -> list[VolumeResult]:
+        return [v for v in self.volumes if v.flagged]
+
+    def ranked_slices(self) -> list[int]:
+        return ranked(self.slices)
+
+    def ranked_volumes(self) -> list[VolumeResult]:
+        return [self.volumes[i] for i in ranked(self.volumes)]

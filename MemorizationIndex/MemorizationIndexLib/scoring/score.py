@@ -1,0 +1,289 @@
+"""Score synthetic slices against a bank: per slice, per volume, and for the whole set.
+
+Slice: the best training slice over the bank's query flips, its similarity, MI (calibrated
+tail probability of the held-out null), ONI, and the evidence (per-layer cosines, margin
+to the best other training volume, cross-layer agreement, top-k matches).
+Volume: a copy shows as many slices matching one training volume in order. Its MI is
+1 - the Simes combination of its slice p-values, which stays valid for positively
+dependent slices, so a volume is flagged at about rate alpha when it is genuinely novel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..bank.feature_bank import FeatureBank
+from ..encoding.encoder import Encoder
+from ..encoding.features import FeatureSet, extract_features
+from ..errors import InputError, SettingsError
+from ..job import VERIFY_STAGE, Job
+from ..scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans_required
+from ..search.index import StageResult
+from .results import ScoreResult, SliceResult, VolumeResult
+
+HIGH_QUANTILE = 0.9
+TOP_MATCHES_LISTED = 3
+
+
+def simes_p_value(p_values: np.ndarray) -> float:
+    """Simes (1986) combination: min_i n p_(i) / i; valid under positive dependence."""
+    p = np.sort(np.asarray(p_values, dtype=np.float64))
+    if len(p) == 0:
+        return 1.0
+    return float(min(1.0, np.min(len(p) * p / np.arange(1, len(p) + 1))))
+
+
+def longest_ordered_run(flagged: np.ndarray, match_rows: np.ndarray, bank_vids: np.ndarray) -> int:
+    """Longest stretch of consecutive flagged slices whose matches are consecutive bank slices
+    of one training volume, in a consistent direction (a copied stack, possibly reversed)."""
+    best = 0
+    run = 0
+    step = 0
+    for i in range(len(flagged)):
+        if not flagged[i]:
+            run, step = 0, 0
+            continue
+        if run > 0:
+            diff = int(match_rows[i]) - int(match_rows[i - 1])
+            same_volume = bank_vids[match_rows[i]] == bank_vids[match_rows[i - 1]]
+            if same_volume and abs(diff) == 1 and (step == 0 or diff == step):
+                run += 1
+                step = diff
+            else:
+                run, step = 1, 0
+        else:
+            run = 1
+        best = max(best, run)
+    return best
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise SettingsError(f"--alpha must lie strictly between 0 and 1 (got {alpha}).")
+
+
+def _calibrated(bank: FeatureBank, stages: StageResult, alpha: float):
+    """(statistic, p, mi, oni, flagged) per slice, arrays [n]."""
+    statistic = bank.statistic(stages)
+    p = bank.null.p_value(statistic)
+    return statistic, p, 1.0 - p, bank.null.oni(statistic), p <= alpha
+
+
+def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -> dict:
+    """The verified pose of slice i in millimetres: the shift is in the query's thumbnail
+    pixels; the scale also carries the ratio of the two slices' pixel sizes."""
+    al = stages.alignment
+    if al is None:
+        return {"flip": bank.settings.flips[int(stages.view[i])]}
+    mm = float(queries.thumbnail_mm[i])
+    mm_match = float(bank.thumbnail_mm[int(stages.match[i])])
+    return {
+        "verified_ncc": float(al.score[i]),
+        "flip": al.flip[i],
+        "angle_deg": float(al.angle[i]),
+        "shift_mm": (float(al.shift[i, 0]) * mm, float(al.shift[i, 1]) * mm),
+        "scale": (
+            float(al.scale[i, 0]) * mm / mm_match,
+            float(al.scale[i, 1]) * mm / mm_match,
+        ),
+    }
+
+
+def _top_matches(bank: FeatureBank, rows: np.ndarray, similarities: np.ndarray) -> str:
+    return ";".join(
+        f"{bank.slice_info(int(r)).volume}#{bank.slice_info(int(r)).slice_index}={float(s):.4f}"
+        for r, s in zip(rows[:TOP_MATCHES_LISTED], similarities[:TOP_MATCHES_LISTED], strict=True)
+    )
+
+
+def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
+    statistic, p, mi, oni, flagged = calibrated
+    best = stages.stage1
+    out = []
+    for i, info in enumerate(queries.slices):
+        match = bank.slice_info(int(stages.match[i]))
+        out.append(
+            SliceResult(
+                volume=info.volume,
+                series_uid=info.series_uid,
+                slice_index=info.slice_index,
+                position=info.position,
+                similarity=float(best.similarity[i]),
+                mi=float(mi[i]),
+                oni=float(oni[i]),
+                p_value=float(p[i]),
+                flagged=bool(flagged[i]),
+                match_volume=match.volume,
+                match_series_uid=match.series_uid,
+                match_slice=match.slice_index,
+                match_position=match.position,
+                statistic=float(statistic[i]),
+                view=bank.settings.flips[int(stages.view[i])],
+                margin=float(best.margin[i]),
+                agreement=float(best.agreement[i]),
+                layer_similarity={
+                    layer: float(best.layer_cosine[i, j])
+                    for j, layer in enumerate(bank.settings.layers)
+                },
+                top_matches=_top_matches(bank, best.topk[i], best.topk_similarity[i]),
+                **_pose(bank, queries, stages, i),
+            )
+        )
+    return out
+
+
+def _volume_result(bank, queries, stages, calibrated, vid: int, alpha: float) -> VolumeResult:
+    _, p, mi, oni, flagged = calibrated
+    best = stages.stage1
+    rows = np.flatnonzero(queries.volume_ids == vid)
+    p_v = p[rows]
+    vol_p = simes_p_value(p_v)
+    weights = np.zeros(len(bank.volumes))
+    np.add.at(weights, bank.volume_ids[best.match[rows]], -np.log10(np.maximum(p_v, 1e-300)))
+    match_vid = int(np.argmax(weights))
+    to_match = bank.volume_ids[best.match[rows]] == match_vid
+    run = longest_ordered_run(flagged[rows] & to_match, best.match[rows], bank.volume_ids)
+    fl = flagged[rows]
+    flips = [bank.settings.flips[int(c)] for c in stages.view[rows][fl]]
+    return VolumeResult(
+        volume=queries.volumes[vid],
+        series_uid=queries.series_uids[vid],
+        n_slices=int(len(rows)),
+        mi=1.0 - vol_p,
+        p_value=vol_p,
+        oni=float(np.mean(oni[rows])) if len(rows) else 0.0,
+        mi_max=float(mi[rows].max()),
+        mi_q90=float(np.quantile(mi[rows], HIGH_QUANTILE)),
+        fraction_flagged=float(fl.mean()),
+        match_volume=bank.volumes[match_vid],
+        match_fraction=float(to_match.mean()),
+        longest_run=int(run),
+        flip=max(set(flips), key=flips.count) if flips else "",
+        flagged=bool(vol_p <= alpha),
+        warnings=" | ".join(queries.volume_warnings[vid]),
+    )
+
+
+def score_features(
+    bank: FeatureBank,
+    queries: FeatureSet,
+    alpha: float = 0.01,
+    skipped: list[SkippedInput] | None = None,
+    job: Job | None = None,
+) -> ScoreResult:
+    """The scoring core on already-encoded slices (the benchmark calls it directly).
+
+    alpha: flag a slice (and a volume) when its p-value <= alpha, i.e. MI >= 1 - alpha.
+    """
+    check_alpha(alpha)
+    job = job or Job()
+    # Stage 2 reports per verified slice (it is the slow part), from the first one on.
+    stages = bank.search(queries, job.step(VERIFY_STAGE, len(queries), announce=False))
+    calibrated = _calibrated(bank, stages, alpha)
+    slices = _slice_results(bank, queries, stages, calibrated)
+    volumes = [
+        _volume_result(bank, queries, stages, calibrated, vid, alpha)
+        for vid in range(len(queries.volumes))
+    ]
+    summary = dataset_summary(bank, slices, volumes, alpha, calibrated[3])
+    skipped = list(skipped or []) + list(queries.skipped)
+    summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    return ScoreResult(
+        slices=slices,
+        volumes=volumes,
+        summary=summary,
+        skipped=skipped,
+        query_thumbnails=queries.thumbnails,
+        match_rows=stages.match,
+        alpha=alpha,
+        alignment=stages.alignment,
+    )
+
+
+def dataset_summary(
+    bank: FeatureBank,
+    slice_rows: list[SliceResult],
+    volume_rows: list[VolumeResult],
+    alpha: float,
+    oni: np.ndarray,
+) -> dict:
+    """summary.json without the skipped inputs: counts, shares, MI and ONI over the set."""
+    n_slices = len(slice_rows)
+    n_vol = len(volume_rows)
+    slice_flag = np.array([r.flagged for r in slice_rows], bool)
+    frac = float(slice_flag.mean()) if n_slices else 0.0
+    mi = np.array([r.mi for r in slice_rows])
+    return {
+        "alpha": alpha,
+        "n_volumes": n_vol,
+        "n_slices": n_slices,
+        "n_volumes_flagged": int(sum(v.flagged for v in volume_rows)),
+        "fraction_volumes_flagged": (
+            float(np.mean([v.flagged for v in volume_rows])) if n_vol else 0.0
+        ),
+        "n_slices_flagged": int(slice_flag.sum()),
+        "fraction_slices_flagged": frac,
+        # Flagged share beyond the alpha expected of novel slices: a floor on the copy share.
+        "estimated_copy_share": float(max(0.0, (frac - alpha) / (1.0 - alpha))),
+        "mean_mi": float(mi.mean()) if n_slices else 0.0,
+        "oni_quantiles": (
+            {q: float(np.quantile(oni, float(q))) for q in ("0.05", "0.25", "0.5", "0.75", "0.95")}
+            if n_slices
+            else {}
+        ),
+        "encoder": bank.encoder_info,
+        "untrained_encoder": not bank.trained_encoder,
+        "calibration": bank.null.summary(),
+        "bank": {
+            "path": bank.path,
+            "n_slices": len(bank),
+            "n_volumes": len(bank.volumes),
+            "settings": bank.settings.to_dict(),
+        },
+    }
+
+
+def score(
+    bank: FeatureBank,
+    inputs: str | os.PathLike | list[ScanSource | ScanVolume],
+    encoder: Encoder | None = None,
+    alpha: float = 0.01,
+    stride: int | None = None,
+    job: Job | None = None,
+) -> ScoreResult:
+    """Score a folder (or a file, or in-memory volumes) of synthetic scans against a bank.
+
+    encoder: from bank.load_encoder(checkpoint, device, batch_size) (default: the bank's
+    own, on the best device); stride: score every n-th foreground slice; job: progress
+    and Cancel.
+    """
+    check_alpha(alpha)
+    # The encoder first: a wrong checkpoint is reported before any folder is scanned.
+    encoder = encoder or bank.load_encoder()
+    skipped: list[SkippedInput] = []
+    if isinstance(inputs, (str, os.PathLike)):
+        sources, skipped = find_scans_required(inputs)
+    else:
+        sources = list(inputs)
+    options = ReadOptions(
+        axis=bank.settings.axis,
+        stride=stride or 1,
+        min_foreground=bank.settings.min_foreground,
+    )
+    queries = extract_features(
+        sources,
+        encoder,
+        options,
+        flips=bank.settings.flips,
+        thumbnail_size=bank.settings.thumbnail_size,
+        job=job,
+        stage="Scoring synthetic slices",
+    )
+    if len(queries) == 0:
+        raise InputError(
+            "None of the synthetic scans could be used: "
+            + "; ".join(f"{s.path}: {s.reason}" for s in (skipped + queries.skipped)[:5])
+        )
+    return score_features(bank, queries, alpha, skipped, job=job)
