@@ -9,11 +9,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 def tiny_encoder_config():
     """A 4-block ViT in MRI-CORE's layout: the same code paths at a fraction of the cost."""
-    from MemorizationIndexLib.encoder import EncoderConfig
+    from MemorizationIndexLib.encoding.vit import EncoderConfig
 
-    return EncoderConfig(
-        embed_dim=64, depth=4, num_heads=4, window_size=2, global_attn_blocks=(1, 3)
-    )
+    return EncoderConfig.tiny()
 
 
 TINY_LAYERS = (1, 2, 3)
@@ -22,7 +20,7 @@ TINY_LAYERS = (1, 2, 3)
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
     """6 training subjects, 3 novel ones and 4 augmented copies, 3 mm MNI152-based NIfTI."""
-    from MemorizationIndexLib.cohort import make_cohort
+    from MemorizationIndexLib.demo.cohort import make_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     members = make_cohort(
@@ -37,12 +35,12 @@ def small_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_bank(small_cohort, tmp_path_factory):
-    from MemorizationIndexLib.bank import BankSettings, build_bank
+    from MemorizationIndexLib.bank.build import build_bank
+    from MemorizationIndexLib.bank.settings import BankSettings
 
     root, _ = small_cohort
     out = tmp_path_factory.mktemp("bank") / "bank"
     settings = BankSettings(image_size=64, layers=TINY_LAYERS, stride=2, calibration_folds=3)
-    bank = build_bank(
-        root / "train", out, settings, device="cpu", encoder_config=tiny_encoder_config()
-    )
+    encoder = settings.encoder(config=tiny_encoder_config(), device="cpu")
+    bank = build_bank(root / "train", out, settings, encoder)
     return bank, out

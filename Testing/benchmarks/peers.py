@@ -117,7 +117,7 @@ class PaperMI:
         for f in train_layers:
             f = np.asarray(f, dtype=np.float64)
             if shrinkage:
-                from MemorizationIndexLib.whitening import Whitener
+                from MemorizationIndexLib.search.whitening import Whitener
 
                 w = Whitener.fit(f)
                 means.append(w.mean.astype(np.float64))

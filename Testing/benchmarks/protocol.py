@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, fields
 from unittest import mock
 
 import numpy as np
-from MemorizationIndexLib.bank import BankSettings, bank_from_features
-from MemorizationIndexLib.encoder import build_encoder
-from MemorizationIndexLib.features import FeatureExtractor, FeatureSet, extract_features
-from MemorizationIndexLib.preprocessing import min_max
+from MemorizationIndexLib.bank.build import bank_from_features
+from MemorizationIndexLib.bank.settings import BankSettings
+from MemorizationIndexLib.encoding.encoder import build_network
+from MemorizationIndexLib.encoding.features import FeatureSet, extract_features
+from MemorizationIndexLib.encoding.preprocessing import min_max
 from MemorizationIndexLib.scans import ScanVolume, scan_from_image
-from MemorizationIndexLib.scoring import score_features
-from MemorizationIndexLib.whitening import Whitener
+from MemorizationIndexLib.scoring.score import score_features
+from MemorizationIndexLib.search.whitening import Whitener
 from scipy import ndimage
 
 from . import metrics, peers
@@ -288,7 +289,7 @@ def cohort_volumes(config: DetectionConfig, read_options) -> tuple[list[ScanVolu
             volumes.append(volume)
         return volumes, skipped
     import SimpleITK as sitk
-    from MemorizationIndexLib.cohort import load_template, make_subject
+    from MemorizationIndexLib.demo.cohort import load_template, make_subject
 
     template_image = load_template(config.spacing_mm)
     template = sitk.GetArrayFromImage(template_image)
@@ -416,7 +417,7 @@ def run_detection(config: DetectionConfig, progress=print) -> dict:
     read_options = settings.read_options()
     volumes, skipped = cohort_volumes(config, read_options)
     n_train, n_ref, n_test = split_counts(config, len(volumes))
-    encoder, info = build_encoder(
+    encoder, info = build_network(
         config.checkpoint, config.image_size, config.layers, config=config.encoder_config
     )
     extractor = FeatureExtractor(

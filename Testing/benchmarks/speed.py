@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from MemorizationIndexLib.encoder import EncoderConfig
-from MemorizationIndexLib.fourier import FREQUENCIES
+from MemorizationIndexLib.encoding.vit import EncoderConfig
+from MemorizationIndexLib.search.fourier import FREQUENCIES
 
 
 def peak_rss_bytes() -> int:
@@ -152,11 +152,11 @@ def encoder_throughput(
     on CUDA, features copied back), else a bare forward with inputs already on the device
     (bf16 autocast on CUDA when bf16, else fp32).
     """
-    from MemorizationIndexLib.encoder import build_encoder
-    from MemorizationIndexLib.features import FeatureExtractor
-    from MemorizationIndexLib.preprocessing import PreprocessSpec
+    from MemorizationIndexLib.encoding.encoder import build_network
+    from MemorizationIndexLib.encoding.encoder import Encoder
+    from MemorizationIndexLib.encoding.preprocessing import PreprocessSpec
 
-    encoder, info = build_encoder(checkpoint, image_size, layers, config=config)
+    encoder, info = build_network(checkpoint, image_size, layers, config=config)
     extractor = FeatureExtractor(encoder, PreprocessSpec(image_size=image_size), device, batch_size)
     dev = extractor.device
     gen = torch.Generator().manual_seed(1)
@@ -217,7 +217,7 @@ def encoder_throughput(
 def write_cohort(folder: Path, n_subjects: int, spacing_mm: float = 2.0, seed: int = 0) -> None:
     """Training volumes as compressed NIfTI files (as a user's folder would hold them)."""
     import SimpleITK as sitk
-    from MemorizationIndexLib.cohort import load_template, make_subject, write_volume
+    from MemorizationIndexLib.demo.cohort import load_template, make_subject, write_volume
 
     folder.mkdir(parents=True, exist_ok=True)
     template_image = load_template(spacing_mm)
@@ -232,7 +232,7 @@ def write_cohort(folder: Path, n_subjects: int, spacing_mm: float = 2.0, seed: i
 
 def bank_variants() -> list[tuple[str, dict]]:
     """Stage 1 alone, and both stages where the engine's BankSettings has `verify`."""
-    from MemorizationIndexLib.bank import BankSettings
+    from MemorizationIndexLib.bank.settings import BankSettings
 
     if "verify" in {f.name for f in fields(BankSettings)}:
         return [("stage 1", {"verify": False}), ("stage 1 + verification", {"verify": True})]
@@ -253,7 +253,8 @@ def bank_build(
 
     One row per bank variant (stage 1; stage 1 + verification where the engine has it).
     """
-    from MemorizationIndexLib.bank import BankSettings, build_bank
+    from MemorizationIndexLib.bank.build import build_bank
+    from MemorizationIndexLib.bank.settings import BankSettings
 
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -337,9 +338,10 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
     runs on one copy. Whitening is the identity (its cost on 155 queries is negligible).
     """
     import faiss
-    from MemorizationIndexLib.bank import BankSettings, FeatureBank
-    from MemorizationIndexLib.calibration import NullModel
-    from MemorizationIndexLib.whitening import Whitener
+    from MemorizationIndexLib.bank.feature_bank import FeatureBank
+    from MemorizationIndexLib.bank.settings import BankSettings
+    from MemorizationIndexLib.calibration.null import NullModel
+    from MemorizationIndexLib.search.whitening import Whitener
 
     settings = stage1_settings(BankSettings, image_size=224, layers=layers)
     indexes, vectors = [], []
@@ -388,7 +390,7 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
 
 def query_volume(n_slices: int, d: int, layers, flips, rng) -> object:
     """An encoded 155-slice volume (random features) with every query flip view."""
-    from MemorizationIndexLib.features import FeatureSet
+    from MemorizationIndexLib.encoding.features import FeatureSet
     from MemorizationIndexLib.scans import SliceInfo
 
     feats = [rng.standard_normal((n_slices, d), dtype=np.float32) for _ in layers]
@@ -449,7 +451,7 @@ def scoring_latency(
     time measured on the largest fully timed bank. Each row also times a torch matmul + topk
     on the same search (`reference_device`), for what the hardware allows.
     """
-    from MemorizationIndexLib.scoring import score_features
+    from MemorizationIndexLib.scoring.score import score_features
 
     rng = np.random.default_rng(0)
     out = []

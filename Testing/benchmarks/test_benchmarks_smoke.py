@@ -186,13 +186,13 @@ def tiny_detection():
 @pytest.fixture(scope="module")
 def tiny_cohort():
     """The tiny cohort's volumes encoded with every query flip, the bank's encoder info."""
-    from MemorizationIndexLib.encoder import build_encoder
-    from MemorizationIndexLib.features import FeatureExtractor, extract_features
+    from MemorizationIndexLib.encoding.encoder import build_network
+    from MemorizationIndexLib.encoding.features import extract_features
 
     config = protocol.DetectionConfig(**TINY)
     settings = config.settings(**({"verify": False} if protocol.has_verify() else {}))
     volumes, _ = protocol.cohort_volumes(config, settings.read_options())
-    encoder, info = build_encoder(None, 48, TINY_LAYERS, config=tiny_encoder_config())
+    encoder, info = build_network(None, 48, TINY_LAYERS, config=tiny_encoder_config())
     extractor = FeatureExtractor(encoder, settings.preprocess_spec(), "cpu", 64)
     fs = extract_features(
         volumes, extractor, TINY_LAYERS, settings.read_options(), flips=settings.flips
@@ -255,7 +255,7 @@ def test_detection_run_computes_every_method(tiny_detection):
 def test_estimated_share_shortcut_equals_the_engines_summary(tiny_cohort):
     """The sweep computes (f - alpha)/(1 - alpha) from per-slice flags; score_features'
     summary must say the same for the same slices."""
-    from MemorizationIndexLib.bank import bank_from_features
+    from MemorizationIndexLib.bank.build import bank_from_features
 
     settings, fs, info = tiny_cohort
     train = protocol.subset_rows(fs, protocol.rows_of_volumes(fs, [0, 1, 2, 3]))
@@ -266,7 +266,7 @@ def test_estimated_share_shortcut_equals_the_engines_summary(tiny_cohort):
 
 
 def test_speed_pieces_and_tables(tmp_path):
-    from MemorizationIndexLib.encoder import EncoderConfig
+    from MemorizationIndexLib.encoding.vit import EncoderConfig
 
     mm = speed.matmul_rate("cpu", n=256, repeats=2)
     assert mm["flop_per_s"] > 0

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from MemorizationIndexLib.calibration import NullModel, volume_folds
+from MemorizationIndexLib.calibration.null import NullModel, volume_folds
 from MemorizationIndexLib.errors import SettingsError
 
 

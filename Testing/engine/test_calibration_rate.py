@@ -9,12 +9,12 @@ almost no flags at all.
 """
 
 import numpy as np
-from MemorizationIndexLib.bank import BankSettings, bank_from_features
-from MemorizationIndexLib.cohort import load_template, make_subject
-from MemorizationIndexLib.encoder import build_encoder
-from MemorizationIndexLib.features import FeatureExtractor, extract_features
+from MemorizationIndexLib.bank.build import bank_from_features
+from MemorizationIndexLib.bank.settings import BankSettings
+from MemorizationIndexLib.demo.cohort import load_template, make_subject
+from MemorizationIndexLib.encoding.features import extract_features
 from MemorizationIndexLib.scans import scan_from_image
-from MemorizationIndexLib.scoring import score_features
+from MemorizationIndexLib.scoring.score import score_features
 
 from ..conftest import TINY_LAYERS, tiny_encoder_config
 
@@ -41,22 +41,19 @@ def test_flag_rate_on_novel_volumes_is_near_alpha():
         verify_k=8,  # fewer candidates than the default keeps this test quick
         thumbnail_size=48,
     )
-    encoder, info = build_encoder(None, 48, TINY_LAYERS, config=tiny_encoder_config())
-    extractor = FeatureExtractor(encoder, settings.preprocess_spec(), "cpu", 64)
+    encoder = settings.encoder(config=tiny_encoder_config(), device="cpu", batch_size=64)
     template = load_template(3.0)
     options = settings.read_options()
     train = extract_features(
         volumes(template, range(100, 124), options),
-        extractor,
-        TINY_LAYERS,
+        encoder,
         options,
         thumbnail_size=settings.thumbnail_size,
     )
-    bank = bank_from_features(train, settings, info)
+    bank = bank_from_features(train, settings, encoder.info)
     novel = extract_features(
         volumes(template, range(200, 230), options),
-        extractor,
-        TINY_LAYERS,
+        encoder,
         options,
         thumbnail_size=settings.thumbnail_size,
     )

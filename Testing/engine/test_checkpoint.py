@@ -8,8 +8,9 @@ import pathlib
 
 import pytest
 import torch
-from MemorizationIndexLib.checkpoint import encoder_name, load_mricore_state_dict
-from MemorizationIndexLib.encoder import EncoderConfig, build_encoder, sha256_file
+from MemorizationIndexLib.encoding.checkpoint import encoder_name, load_mricore_state_dict
+from MemorizationIndexLib.encoding.encoder import build_network, sha256_file
+from MemorizationIndexLib.encoding.vit import EncoderConfig
 from MemorizationIndexLib.errors import CheckpointError
 
 # Patch 4 on a 6x6 pretrain grid, 24 px in: window 4 pads the grid to 8 (four windows).
@@ -102,7 +103,7 @@ def test_every_stored_form_reproduces_the_reference(
     obj = state if container == "bare" else {container: state, "iteration": 1000}
     path = save(tmp_path, obj)
 
-    model, info = build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
+    model, info = build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
 
     assert info.trained and info.checkpoint == os.path.abspath(path)
     assert info.checkpoint_sha256 == sha256_file(path)
@@ -116,14 +117,14 @@ def test_every_stored_form_reproduces_the_reference(
 def test_bare_dict_with_the_heads_and_extras_loads(tmp_path, mricore_weights, mricore_reference):
     weights = mricore_weights(TINY, seed=4)
     path = save(tmp_path, stored_form(weights, prefix=True, chunks=2, extras=True))
-    model, _ = build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
+    model, _ = build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
     assert_matches_reference(model, weights, mricore_reference)
 
 
 def test_teacher_is_preferred_over_student(tmp_path, mricore_weights, mricore_reference):
     teacher, student = mricore_weights(TINY, seed=5), mricore_weights(TINY, seed=6)
     path = save(tmp_path, {"student": stored_form(student), "teacher": stored_form(teacher)})
-    model, _ = build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
+    model, _ = build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
     assert_matches_reference(model, teacher, mricore_reference)
 
 
@@ -135,14 +136,14 @@ def test_full_training_state_under_model_uses_the_teacher(
     state = {f"student.{k}": v for k, v in stored_form(student).items()}
     state.update({f"teacher.{k}": v for k, v in stored_form(teacher).items()})
     path = save(tmp_path, {"model": state, "optimizer": {"lr": 0.1}})
-    model, _ = build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
+    model, _ = build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
     assert_matches_reference(model, teacher, mricore_reference)
 
 
 def test_half_precision_checkpoint_loads_as_float32(tmp_path, mricore_weights, mricore_reference):
     weights = {k: v.half() for k, v in mricore_weights(TINY, seed=9).items()}
     path = save(tmp_path, {"teacher": stored_form(weights)})
-    model, _ = build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
+    model, _ = build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=TINY)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert_matches_reference(model, {k: v.float() for k, v in weights.items()}, mricore_reference)
 
@@ -185,7 +186,7 @@ def test_real_vit_b_teacher_checkpoint(tmp_path, mricore_weights, mricore_refere
     path = save(tmp_path, {"teacher": stored_form(weights, chunks=4, depth=12)})
 
     state, config = load_mricore_state_dict(path)
-    model, info = build_encoder(path)  # ViT-B, 224 px, blocks 3, 7, 11 by default
+    model, info = build_network(path)  # ViT-B, 224 px, blocks 3, 7, 11 by default
 
     assert config == cfg
     assert set(state) == set(model.state_dict())  # no encoder tensor is missing
@@ -205,7 +206,7 @@ def test_real_vit_b_teacher_checkpoint(tmp_path, mricore_weights, mricore_refere
 
 def load_error(path, config=TINY) -> str:
     with pytest.raises(CheckpointError) as caught:
-        build_encoder(path, image_size=TINY_SIZE, layers=LAYERS, config=config)
+        build_network(path, image_size=TINY_SIZE, layers=LAYERS, config=config)
     message = str(caught.value)
     assert pathlib.Path(path).name in message
     return message

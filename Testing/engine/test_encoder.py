@@ -7,13 +7,8 @@ import json
 
 import pytest
 import torch
-from MemorizationIndexLib.encoder import (
-    EncoderConfig,
-    EncoderInfo,
-    MRICoreEncoder,
-    build_encoder,
-    sha256_file,
-)
+from MemorizationIndexLib.encoding.encoder import EncoderInfo, build_network, sha256_file
+from MemorizationIndexLib.encoding.vit import EncoderConfig, MRICoreEncoder
 from MemorizationIndexLib.errors import SettingsError
 
 THREADS = torch.get_num_threads()
@@ -99,7 +94,7 @@ def test_position_grid_and_windows_match_reference(
 ):
     weights = mricore_weights(SMALL, seed=2, layer_scale=True)
     layers = (3, 0, 2)
-    model, info = build_encoder(
+    model, info = build_network(
         checkpoint_with(tmp_path, weights), image_size=size, layers=layers, config=SMALL
     )
     assert model.position_grid().shape == (1, grid, grid, SMALL.embed_dim)
@@ -115,7 +110,7 @@ def test_position_grid_and_windows_match_reference(
 def test_padding_goes_through_norm1(tmp_path, mricore_weights, mricore_reference):
     """Padding before norm1 (MRI-CORE) differs from padding after it (SAM) when padded."""
     weights = mricore_weights(SMALL, seed=3)
-    model, _ = build_encoder(
+    model, _ = build_network(
         checkpoint_with(tmp_path, weights), image_size=112, layers=(0,), config=SMALL
     )
     x = images(size=112)
@@ -148,11 +143,11 @@ def test_image_size_must_be_a_multiple_of_the_patch(size):
 )
 def test_layers_must_be_blocks_of_the_encoder(layers, message):
     with pytest.raises(SettingsError, match=message):
-        build_encoder(None, image_size=64, layers=layers, config=SMALL)
+        build_network(None, image_size=64, layers=layers, config=SMALL)
 
 
 def test_forward_stops_after_the_last_requested_block():
-    model, _ = build_encoder(None, image_size=64, layers=(1, 0), config=SMALL)
+    model, _ = build_network(None, image_size=64, layers=(1, 0), config=SMALL)
     ran = []
     for i, block in enumerate(model.blocks):
         block.register_forward_hook(lambda *_, i=i: ran.append(i))
@@ -164,15 +159,15 @@ def test_forward_stops_after_the_last_requested_block():
 
 
 def test_forward_refuses_other_input_sizes():
-    model, _ = build_encoder(None, image_size=64, config=SMALL, layers=(0,))
+    model, _ = build_network(None, image_size=64, config=SMALL, layers=(0,))
     with pytest.raises(ValueError, match="64, 64"):
         model(images(size=96))
 
 
 def test_untrained_encoder_is_seeded_and_says_so():
-    a, info = build_encoder(None, image_size=64, layers=(0, 3), config=SMALL, seed=0)
-    b, _ = build_encoder(None, image_size=64, layers=(0, 3), config=SMALL, seed=0)
-    c, other = build_encoder(None, image_size=64, layers=(0, 3), config=SMALL, seed=1)
+    a, info = build_network(None, image_size=64, layers=(0, 3), config=SMALL, seed=0)
+    b, _ = build_network(None, image_size=64, layers=(0, 3), config=SMALL, seed=0)
+    c, other = build_network(None, image_size=64, layers=(0, 3), config=SMALL, seed=1)
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
     assert not torch.equal(a.pos_embed, c.pos_embed)
@@ -186,14 +181,14 @@ def test_untrained_init_leaves_the_global_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    build_encoder(None, image_size=64, config=SMALL, layers=(0,))
+    build_network(None, image_size=64, config=SMALL, layers=(0,))
     assert torch.equal(torch.rand(4), expected)
 
 
 def test_untrained_vit_b_features_follow_image_content():
     """The default path without a checkpoint: real ViT-B shape, features that tell images apart."""
     torch.set_num_threads(THREADS)
-    model, info = build_encoder(None)
+    model, info = build_network(None)
     assert info.name == ("untrained ViT-B/16 (seed 0) — not MRI-CORE; results are for testing only")
     x = images(n=2, size=224, seed=4)
     x[1] = x[0].flip(-1)  # same pixels, other place: mean pooling alone would not tell
@@ -208,7 +203,7 @@ def test_untrained_vit_b_features_follow_image_content():
 
 
 def test_info_round_trips_through_json(tmp_path):
-    _, info = build_encoder(None, image_size=64, layers=(2, 0), config=SMALL, seed=7)
+    _, info = build_network(None, image_size=64, layers=(2, 0), config=SMALL, seed=7)
     d = json.loads(json.dumps(info.to_dict()))
     assert d["layers"] == [2, 0] and d["image_size"] == 64 and d["trained"] is False
     assert EncoderConfig.from_dict(d["config"]) == SMALL

@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 import torch
-from MemorizationIndexLib.cohort import load_template, make_subject
-from MemorizationIndexLib.fourier import (
+from MemorizationIndexLib.demo.cohort import load_template, make_subject
+from MemorizationIndexLib.encoding.preprocessing import thumbnails
+from MemorizationIndexLib.geometry import sampling_theta, warp
+from MemorizationIndexLib.search.foreground import as_unit_images, foreground_moments
+from MemorizationIndexLib.search.fourier import (
     PixelIndex,
     fourier_descriptors,
     normalised_thumbnails,
     rotated,
 )
-from MemorizationIndexLib.moments import as_unit_images, foreground_moments
-from MemorizationIndexLib.preprocessing import thumbnails
-from MemorizationIndexLib.twostage import merge_candidates
-from MemorizationIndexLib.verification import sampling_theta, warp
+from MemorizationIndexLib.search.index import merge_candidates
 
 
 def posed(image, flip, shift, scale=1.0):

@@ -1,8 +1,8 @@
 """Candidate matching: exact copies found on every layer, evidence fields consistent."""
 
 import numpy as np
-from MemorizationIndexLib.matching import best_over_views, exact_index, match_queries
-from MemorizationIndexLib.whitening import l2_normalise
+from MemorizationIndexLib.search.neighbours import best_over_views, exact_index, match_queries
+from MemorizationIndexLib.search.whitening import l2_normalise
 
 
 def unit(n, d, seed):

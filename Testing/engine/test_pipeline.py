@@ -7,21 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from MemorizationIndexLib.bank import BankSettings, FeatureBank, build_bank
+from MemorizationIndexLib.bank.build import build_bank
+from MemorizationIndexLib.bank.feature_bank import FeatureBank
+from MemorizationIndexLib.bank.settings import BankSettings
 from MemorizationIndexLib.errors import BankError, CancelledError, InputError
-from MemorizationIndexLib.report import (
+from MemorizationIndexLib.job import Job
+from MemorizationIndexLib.report.files import write_report
+from MemorizationIndexLib.scoring.results import (
     SLICE_COLUMNS_REQUIRED,
     VOLUME_COLUMNS_REQUIRED,
-    write_report,
 )
-from MemorizationIndexLib.scoring import longest_ordered_run, score, simes_p_value
+from MemorizationIndexLib.scoring.score import longest_ordered_run, score, simes_p_value
 
 
 @pytest.fixture(scope="module")
 def result(small_cohort, small_bank):
     root, _ = small_cohort
     bank, _ = small_bank
-    return score(bank, root / "synthetic", stride=2, device="cpu")
+    return score(bank, root / "synthetic", bank.load_encoder(device="cpu"), stride=2)
 
 
 def truth_of(members):
@@ -101,7 +104,8 @@ def test_outputs_follow_the_column_contract(small_bank, result, tmp_path):
 def test_bank_round_trip_gives_the_same_scores(small_cohort, small_bank, result):
     root, _ = small_cohort
     _, path = small_bank
-    again = score(FeatureBank.load(path), root / "synthetic", stride=2, device="cpu")
+    again_bank = FeatureBank.load(path)
+    again = score(again_bank, root / "synthetic", again_bank.load_encoder(device="cpu"), stride=2)
     assert np.allclose(
         [r["similarity"] for r in again.slices], [r["similarity"] for r in result.slices]
     )
@@ -134,8 +138,8 @@ def test_bank_refuses_other_settings_and_encoders(small_bank, tmp_path):
     with pytest.raises(BankError, match="image_size"):
         bank.check_compatible(BankSettings(image_size=224, layers=(1, 2, 3)))
     with pytest.raises(BankError, match="untrained encoder"):
-        score(bank, tmp_path, checkpoint=tmp_path / "mri_core.pth")
-    other = dict(bank.encoder, checkpoint_sha256="0" * 64, name="MRI-CORE ViT-B/16")
+        bank.load_encoder(checkpoint=tmp_path / "mri_core.pth")
+    other = dict(bank.encoder_info, checkpoint_sha256="0" * 64, name="MRI-CORE ViT-B/16")
     with pytest.raises(BankError, match="checkpoint_sha256"):
         bank.check_compatible(encoder=other)
 
@@ -146,7 +150,9 @@ def test_cancel_leaves_nothing_half_written(small_cohort, small_bank, tmp_path):
     existing.mkdir()
     (existing / "keep.txt").write_text("old bank")
     with pytest.raises(CancelledError):
-        build_bank(root / "train", existing, BankSettings(image_size=32), cancel=lambda: True)
+        build_bank(
+            root / "train", existing, BankSettings(image_size=32), job=Job(cancel=lambda: True)
+        )
     assert (existing / "keep.txt").read_text() == "old bank"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
 
@@ -172,17 +178,18 @@ def test_simes_and_runs():
 
 def test_verification_reports_progress_per_slice_and_honours_cancel(small_cohort, small_bank):
     """Stage 2 is the slowest step of scoring: it counts slices and can be stopped."""
-    from MemorizationIndexLib.progress import VERIFY_STAGE
+    from MemorizationIndexLib.job import VERIFY_STAGE
 
     root, _ = small_cohort
     bank, _ = small_bank
     seen = []
+    encoder = bank.load_encoder(device="cpu")
     score(
         bank,
         root / "synthetic",
+        encoder,
         stride=4,
-        device="cpu",
-        progress=lambda stage, done, total: seen.append((stage, done, total)),
+        job=Job(progress=lambda stage, done, total: seen.append((stage, done, total))),
     )
     verify = [(done, total) for stage, done, total in seen if stage == VERIFY_STAGE]
     assert verify and verify[-1][0] == verify[-1][1] > 1
@@ -193,9 +200,11 @@ def test_verification_reports_progress_per_slice_and_honours_cancel(small_cohort
         score(
             bank,
             root / "synthetic",
+            encoder,
             stride=4,
-            device="cpu",
-            progress=lambda stage, done, total: started.append(stage == VERIFY_STAGE),
-            cancel=lambda: any(started),
+            job=Job(
+                progress=lambda stage, done, total: started.append(stage == VERIFY_STAGE),
+                cancel=lambda: any(started),
+            ),
         )
     assert sum(started) == 1  # stopped right after the first verified slice

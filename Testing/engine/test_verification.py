@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from MemorizationIndexLib.cohort import load_template, make_subject
-from MemorizationIndexLib.preprocessing import thumbnails
-from MemorizationIndexLib.verification import Verifier, foreground_ncc, sampling_theta, warp
+from MemorizationIndexLib.demo.cohort import load_template, make_subject
+from MemorizationIndexLib.encoding.preprocessing import thumbnails
+from MemorizationIndexLib.geometry import sampling_theta, warp
+from MemorizationIndexLib.search.verification import Verifier, foreground_ncc
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Shrinkage ZCA: identity covariance when data suffice, bounded gains when they don't."""
 
 import numpy as np
-from MemorizationIndexLib.whitening import Whitener, l2_normalise, ledoit_wolf_shrinkage
+from MemorizationIndexLib.search.whitening import Whitener, l2_normalise, ledoit_wolf_shrinkage
 
 
 def correlated(n, d, seed=0, spread=0.05):
