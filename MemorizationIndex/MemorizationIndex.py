@@ -580,7 +580,7 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         logic = MemorizationIndexLogic()
         if logic.missingDependencies():
             self.skipTest("the engine's Python packages are not installed")
-        from MemorizationIndexLib.bank import BankSettings
+        from MemorizationIndexLib.bank.settings import BankSettings
 
         tempDir = Path(slicer.util.tempDirectory("MemorizationIndexTest"))
         (tempDir / "train").mkdir(parents=True, exist_ok=True)

@@ -304,32 +304,25 @@ class MemorizationIndexSceneLogic:
     ):
         """Encode a folder of training scans into a feature bank saved in bankFolder.
 
-        `settings` (a MemorizationIndexLib.bank.BankSettings) sets everything; without it,
-        imageSize, axis and stride change the defaults. `encoderConfig` (an
-        MemorizationIndexLib.encoder.EncoderConfig) replaces MRI-CORE's ViT-B, for tests.
+        `settings` (a MemorizationIndexLib.bank.settings.BankSettings) sets everything; without
+        it, imageSize, axis and stride change the defaults. `encoderConfig` (an
+        MemorizationIndexLib.encoding.vit.EncoderConfig) replaces MRI-CORE's ViT-B, for tests.
         Returns the FeatureBank.
         """
-        from MemorizationIndexLib.bank import BankSettings, build_bank
+        from MemorizationIndexLib.bank.build import build_bank
+        from MemorizationIndexLib.bank.settings import BankSettings
+        from MemorizationIndexLib.job import Job
 
         if settings is None:
             settings = BankSettings(image_size=int(imageSize), axis=axis, stride=int(stride))
-        self.bank = build_bank(
-            trainingFolder,
-            bankFolder,
-            settings,
-            checkpoint=checkpoint or None,
-            device=device,
-            batch_size=int(batchSize),
-            progress=progress,
-            cancel=cancel,
-            encoder_config=encoderConfig,
-        )
+        encoder = settings.encoder(checkpoint or None, encoderConfig, device, int(batchSize))
+        self.bank = build_bank(trainingFolder, bankFolder, settings, encoder, Job(progress, cancel))
         self._forgetExtractor()
         return self.bank
 
     def loadBank(self, bankFolder):
         """Load a saved bank (BankError if the folder is not one)."""
-        from MemorizationIndexLib.bank import FeatureBank
+        from MemorizationIndexLib.bank.feature_bank import FeatureBank
 
         self.bank = FeatureBank.load(bankFolder)
         self._forgetExtractor()
@@ -344,7 +337,7 @@ class MemorizationIndexSceneLogic:
         text = (
             f"{len(bank)} slices of {len(bank.volumes)} training volumes "
             f"({s.axis}, {s.image_size} px, layers {', '.join(map(str, s.layers))}); "
-            f"encoder: {bank.encoder.get('name')}"
+            f"encoder: {bank.encoder_info.get('name')}"
         )
         if not bank.trained_encoder and "untrained" not in text.lower():
             text += ". UNTRAINED encoder: results are for testing the pipeline only."
@@ -360,10 +353,8 @@ class MemorizationIndexSceneLogic:
         Kept process-wide (the last one only: a ViT-B takes about 350 MB), so a new logic
         object, as a console user or a test makes, does not rebuild the same encoder.
         """
-        from MemorizationIndexLib.scoring import load_scorer
-
         key = (
-            json.dumps(self.bank.encoder, sort_keys=True, default=str),
+            json.dumps(self.bank.encoder_info, sort_keys=True, default=str),
             json.dumps(self.bank.settings.to_dict(), sort_keys=True, default=str),
             str(checkpoint or ""),
             device,
@@ -372,8 +363,8 @@ class MemorizationIndexSceneLogic:
         if self._extractorKey != key:
             cached = _EXTRACTOR_CACHE.get(key)
             if cached is None:
-                # load_scorer also refuses a checkpoint that differs from the bank's.
-                cached = load_scorer(self.bank, checkpoint or None, device, int(batchSize))
+                # load_encoder also refuses a checkpoint that differs from the bank's.
+                cached = self.bank.load_encoder(checkpoint or None, device, int(batchSize))
                 _EXTRACTOR_CACHE.clear()
                 _EXTRACTOR_CACHE[key] = cached
             self._extractor, self._extractorKey = cached, key
@@ -428,7 +419,8 @@ class MemorizationIndexSceneLogic:
         Creates or updates the slice table node and the MI plot chart node (unless
         updateNodes is False) and returns the engine's ScoreResult.
         """
-        from MemorizationIndexLib.scoring import score
+        from MemorizationIndexLib.job import Job
+        from MemorizationIndexLib.scoring.score import score
 
         bank = self._requireBank()
         volumeNodes = [n for n in volumeNodes if n is not None]
@@ -442,10 +434,9 @@ class MemorizationIndexSceneLogic:
         result = score(
             bank,
             scans,
+            self._scorer(checkpoint, device, batchSize),
             alpha=float(alpha),
-            extractor=self._scorer(checkpoint, device, batchSize),
-            progress=progress,
-            cancel=cancel,
+            job=Job(progress, cancel),
         )
         self._syntheticNodeIDs = names
         self._setResult(result, updateNodes)
@@ -464,17 +455,17 @@ class MemorizationIndexSceneLogic:
         updateNodes=True,
     ):
         """Score every volume in a folder (read from disk; loaded as nodes when inspected)."""
-        from MemorizationIndexLib.scoring import score
+        from MemorizationIndexLib.job import Job
+        from MemorizationIndexLib.scoring.score import score
 
         bank = self._requireBank()
         result = score(
             bank,
             folder,
+            self._scorer(checkpoint, device, batchSize),
             alpha=float(alpha),
             stride=stride,
-            extractor=self._scorer(checkpoint, device, batchSize),
-            progress=progress,
-            cancel=cancel,
+            job=Job(progress, cancel),
         )
         self._syntheticNodeIDs = {}
         self._setResult(result, updateNodes)
@@ -483,11 +474,7 @@ class MemorizationIndexSceneLogic:
     def _setResult(self, result, updateNodes):
         self.result = result
         self.currentSliceIndex = None
-        order = sorted(
-            range(len(result.slices)),
-            key=lambda i: (-result.slices[i]["mi"], -result.slices[i]["similarity"]),
-        )
-        self.tableRows = order
+        self.tableRows = result.ranked_slices()
         if updateNodes:
             self.updateSliceTable(result)
             self.updatePlot(result)
@@ -886,7 +873,7 @@ class MemorizationIndexSceneLogic:
 
 def savePNG(rgba, path):
     """Write a rendered view (RGBA or gray) to PNG with the engine's dependency-free encoder."""
-    from MemorizationIndexLib.imaging import png_bytes
+    from MemorizationIndexLib.report.images import png_bytes
 
     image = np.asarray(rgba)
     if image.ndim == 3 and image.shape[2] == 4:

@@ -77,14 +77,7 @@ def _encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="memorization-index",
-        description="Find training scans that leak out of a generative MRI model.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _build_bank_parser(sub) -> None:
     b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
     b.add_argument("--out", required=True, help="bank folder to write")
@@ -127,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Gaussian pre-filter in source pixels (0 = MRI-CORE's chain exactly)",
     )
     b.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memorization-index",
+        description="Find training scans that leak out of a generative MRI model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _build_bank_parser(sub)
 
     s = sub.add_parser("score", help="score synthetic scans against a bank")
     s.add_argument("bank_dir", help="bank folder written by build-bank")

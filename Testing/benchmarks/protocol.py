@@ -21,7 +21,6 @@ from unittest import mock
 import numpy as np
 from MemorizationIndexLib.bank.build import bank_from_features
 from MemorizationIndexLib.bank.settings import BankSettings
-from MemorizationIndexLib.encoding.encoder import build_network
 from MemorizationIndexLib.encoding.features import FeatureSet, extract_features
 from MemorizationIndexLib.encoding.preprocessing import min_max
 from MemorizationIndexLib.scans import ScanVolume, scan_from_image
@@ -160,10 +159,6 @@ class DetectionConfig:
             f"{self.reference_volumes} reference / the rest test volumes; {self.copies} copies "
             f"per augmentation and seed; {self.seeds} seeds; alpha {self.alpha}"
         )
-
-
-def has_verify() -> bool:
-    return "verify" in {f.name for f in fields(BankSettings)}
 
 
 # ---- augmentations of one slice in [0, 1] ------------------------------------------------
@@ -385,7 +380,7 @@ def engine_scores(bank, fs: FeatureSet, alpha: float) -> dict:
     result = score_features(bank, fs, alpha=alpha)
     seconds = time.perf_counter() - start
     rows = result.slices
-    statistic = np.array([r.get("score", r["similarity"]) for r in rows], np.float64)
+    statistic = np.array([r.statistic for r in rows], np.float64)
     return {
         "p": np.array([r["p_value"] for r in rows], np.float64),
         "statistic": statistic,
@@ -413,22 +408,18 @@ class SeedResult:
 
 def run_detection(config: DetectionConfig, progress=print) -> dict:
     t_start = time.perf_counter()
-    settings = config.settings(**({"verify": False} if has_verify() else {}))
+    settings = config.settings(verify=False)
     read_options = settings.read_options()
     volumes, skipped = cohort_volumes(config, read_options)
     n_train, n_ref, n_test = split_counts(config, len(volumes))
-    encoder, info = build_network(
-        config.checkpoint, config.image_size, config.layers, config=config.encoder_config
-    )
-    extractor = FeatureExtractor(
-        encoder, settings.preprocess_spec(), config.device, config.batch_size
+    encoder = settings.encoder(
+        config.checkpoint, config.encoder_config, config.device, config.batch_size
     )
     t0 = time.perf_counter()
     timing = {"cohort_seconds": t0 - t_start}
     cohort = extract_features(
         volumes,
-        extractor,
-        settings.layers,
+        encoder,
         read_options,
         flips=settings.flips,
         thumbnail_size=settings.thumbnail_size,
@@ -445,15 +436,13 @@ def run_detection(config: DetectionConfig, progress=print) -> dict:
     )
     seeds = []
     for seed in range(config.seeds):
-        seeds.append(
-            run_seed(config, seed, volumes, cohort, extractor, info, (n_train, n_ref, n_test))
-        )
+        seeds.append(run_seed(config, seed, volumes, cohort, encoder, (n_train, n_ref, n_test)))
         progress(f"  seed {seed}: {seeds[-1].timing}")
     timing["total_seconds"] = time.perf_counter() - t_start
-    return summarise(config, seeds, info, timing, skipped, len(volumes), len(cohort))
+    return summarise(config, seeds, encoder.info, timing, skipped, len(volumes), len(cohort))
 
 
-def run_seed(config, seed, volumes, cohort, extractor, info, counts) -> SeedResult:
+def run_seed(config, seed, volumes, cohort, encoder, counts) -> SeedResult:
     n_train, n_ref, _ = counts
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -465,14 +454,13 @@ def run_seed(config, seed, volumes, cohort, extractor, info, counts) -> SeedResu
     ref = subset_rows(cohort, rows_of_volumes(cohort, ref_ids))
     test = subset_rows(cohort, rows_of_volumes(cohort, test_ids))
 
-    base = config.settings(**({"verify": False} if has_verify() else {}))
+    base = config.settings(verify=False)
     synthetic, records = make_copies(
         volumes, train_ids, config.augmentations, config.copies, rng, f"seed{seed}"
     )
     copies = extract_features(
         synthetic,
-        extractor,
-        base.layers,
+        encoder,
         base.read_options(),
         flips=base.flips,
         thumbnail_size=base.thumbnail_size,
@@ -492,9 +480,9 @@ def run_seed(config, seed, volumes, cohort, extractor, info, counts) -> SeedResu
         t = time.perf_counter()
         if patch is not None:
             with patch:
-                bank = bank_from_features(train_fs, settings, info)
+                bank = bank_from_features(train_fs, settings, encoder.info)
         else:
-            bank = bank_from_features(train_fs, settings, info)
+            bank = bank_from_features(train_fs, settings, encoder.info)
         clean = engine_scores(bank, test_fs, config.alpha)
         copied = engine_scores(bank, copies_fs, config.alpha)
         joint = ours_score(
@@ -520,15 +508,13 @@ def run_seed(config, seed, volumes, cohort, extractor, info, counts) -> SeedResu
         )
 
     run_engine("ours", base, train, test, copies)
-    if has_verify() and config.two_stage:
+    if config.two_stage:
         run_engine("ours_two_stage", config.settings(verify=True), train, test, copies)
     run_engine("ours_no_whitening", base, train, test, copies, patch=identity_whitening())
     pos = [list(config.layers).index(config.single_layer)]
     run_engine(
         "ours_single_layer",
-        config.settings(
-            layers=(config.single_layer,), **({"verify": False} if has_verify() else {})
-        ),
+        config.settings(layers=(config.single_layer,), verify=False),
         select_layers(train, pos),
         select_layers(test, pos),
         select_layers(copies, pos),

@@ -209,9 +209,3 @@ def speed_markdown(results: dict, anchors: dict) -> str:
         if sub:
             parts.append(speed_markdown(sub, anchors).replace("###", "### GPU machine:"))
     return "\n".join(parts)
-
-
-def detection_markdown(det: dict) -> str:
-    from .protocol import detection_tables
-
-    return detection_tables(det)

@@ -25,7 +25,6 @@ import torch  # noqa: E402
 
 from Testing.benchmarks import speed  # noqa: E402
 from Testing.benchmarks.report import (  # noqa: E402
-    detection_markdown,
     environment_markdown,
     speed_markdown,
 )
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
         config = protocol.DetectionConfig.from_args(args)
         print(f"Detection benchmark: {config.describe()}", flush=True)
         results["detection"] = protocol.run_detection(config, progress=print)
-        sections.append(detection_markdown(results["detection"]))
+        sections.append(protocol.detection_tables(results["detection"]))
     if args.only in ("all", "speed"):
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)

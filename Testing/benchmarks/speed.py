@@ -20,7 +20,7 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,17 +148,22 @@ def encoder_throughput(
 ) -> dict:
     """Slices/s of the encoder on preprocessed random slices.
 
-    engine_path: through FeatureExtractor.encode (batches moved to the device, bf16 autocast
+    engine_path: through Encoder.encode (batches moved to the device, bf16 autocast
     on CUDA, features copied back), else a bare forward with inputs already on the device
     (bf16 autocast on CUDA when bf16, else fp32).
     """
-    from MemorizationIndexLib.encoding.encoder import build_network
     from MemorizationIndexLib.encoding.encoder import Encoder
-    from MemorizationIndexLib.encoding.preprocessing import PreprocessSpec
 
-    encoder, info = build_network(checkpoint, image_size, layers, config=config)
-    extractor = FeatureExtractor(encoder, PreprocessSpec(image_size=image_size), device, batch_size)
-    dev = extractor.device
+    encoder = Encoder.load(
+        checkpoint,
+        image_size=image_size,
+        layers=layers,
+        config=config,
+        device=device,
+        batch_size=batch_size,
+    )
+    info = encoder.info
+    dev = encoder.device
     gen = torch.Generator().manual_seed(1)
     # distinct random slices for one batch, repeated (drawing millions of normals costs more
     # than the encoder on a GPU; the content does not change the work)
@@ -172,13 +177,13 @@ def encoder_throughput(
                 chunk = inputs[start : start + batch_size]
                 if dev.type == "cuda" and bf16:
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        extractor.encoder(chunk)
+                        encoder.network(chunk)
                 else:
-                    extractor.encoder(chunk)
+                    encoder.network(chunk)
 
     if engine_path:
-        extractor.encode(warm)
-        run = extractor.encode
+        encoder.encode(warm)
+        run = encoder.encode
         inputs = x
     else:
         inputs = x.to(dev)
@@ -197,7 +202,7 @@ def encoder_throughput(
         "image_size": image_size,
         "device": str(dev),
         "precision": ("bf16 autocast" if dev.type == "cuda" and (bf16 or engine_path) else "fp32"),
-        "path": "FeatureExtractor.encode" if engine_path else "bare forward",
+        "path": "Encoder.encode" if engine_path else "bare forward",
         "batch_size": batch_size,
         "n_slices": n_slices,
         "seconds": best,
@@ -231,12 +236,8 @@ def write_cohort(folder: Path, n_subjects: int, spacing_mm: float = 2.0, seed: i
 
 
 def bank_variants() -> list[tuple[str, dict]]:
-    """Stage 1 alone, and both stages where the engine's BankSettings has `verify`."""
-    from MemorizationIndexLib.bank.settings import BankSettings
-
-    if "verify" in {f.name for f in fields(BankSettings)}:
-        return [("stage 1", {"verify": False}), ("stage 1 + verification", {"verify": True})]
-    return [("stage 1", {})]
+    """Stage 1 alone, and both stages."""
+    return [("stage 1", {"verify": False}), ("stage 1 + verification", {"verify": True})]
 
 
 def bank_build(
@@ -251,7 +252,7 @@ def bank_build(
 ) -> list[dict]:
     """bank.build_bank on a folder of NIfTI volumes, against encoder-only time for its slices.
 
-    One row per bank variant (stage 1; stage 1 + verification where the engine has it).
+    One row per bank variant (stage 1; stage 1 + verification).
     """
     from MemorizationIndexLib.bank.build import build_bank
     from MemorizationIndexLib.bank.settings import BankSettings
@@ -262,15 +263,9 @@ def bank_build(
         write_cohort(tmp / "train", n_subjects, spacing_mm)
         for label, extra in bank_variants():
             settings = BankSettings(image_size=image_size, stride=stride, **extra)
-            start = time.perf_counter()
-            bank = build_bank(
-                tmp / "train",
-                tmp / "bank",
-                settings,
-                checkpoint=checkpoint,
-                device=device,
-                batch_size=batch_size,
-            )
+            start = time.perf_counter()  # building the encoder is part of building a bank
+            encoder = settings.encoder(checkpoint, device=device, batch_size=batch_size)
+            bank = build_bank(tmp / "train", tmp / "bank", settings, encoder)
             seconds = time.perf_counter() - start
             n_slices = len(bank)
             n_null = int(bank.null.summary()["n_null_slices"])
@@ -322,20 +317,12 @@ def random_unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x
 
 
-def stage1_settings(cls, **kwargs):
-    """BankSettings for feature matching alone (verification off where the engine has it)."""
-    if "verify" in {f.name for f in fields(cls)}:
-        kwargs.setdefault("verify", False)
-    return cls(**kwargs)
-
-
 def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Generator):
     """A FeatureBank of n random unit vectors per layer, holding each layer once in memory.
 
-    FeatureBank.__post_init__ keeps the numpy vectors and builds a faiss index that copies
-    them (two copies: 18 GB at 1e6 x 768 x 3 layers). Here each layer is streamed into its
-    faiss index and `vectors` is a view of the index's own storage, so the same match code
-    runs on one copy. Whitening is the identity (its cost on 155 queries is negligible).
+    Each layer is streamed into its faiss index, which the SliceIndex takes as it is (its
+    vectors are a view of the index's own storage), so the same search code runs on one
+    copy. Whitening is the identity (its cost on 155 queries is negligible).
     """
     import faiss
     from MemorizationIndexLib.bank.feature_bank import FeatureBank
@@ -343,8 +330,8 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
     from MemorizationIndexLib.calibration.null import NullModel
     from MemorizationIndexLib.search.whitening import Whitener
 
-    settings = stage1_settings(BankSettings, image_size=224, layers=layers)
-    indexes, vectors = [], []
+    settings = BankSettings(image_size=224, layers=layers, verify=False)
+    indexes = []
     chunk = 100_000
     # one block of random unit vectors; further blocks permute its coordinates (still unit
     # vectors, all distinct): drawing 2.3e9 normals would take a minute on 2 cores
@@ -355,37 +342,25 @@ def synthetic_bank(n: int, d: int, layers: tuple[int, ...], rng: np.random.Gener
             part = block[: min(chunk, n - start)]
             index.add(np.ascontiguousarray(part[:, rng.permutation(d)]))
         indexes.append(index)
-        vectors.append(faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d))
     n_volumes = max(1, -(-n // 155))
-    bank = FeatureBank.__new__(FeatureBank)
-    values = {
-        "settings": settings,
-        "encoder": {"name": "synthetic", "trained": False},
-        "whiteners": [Whitener(np.zeros(d, np.float32), np.eye(d, dtype=np.float32), 0.0)]
-        * len(layers),
-        "vectors": vectors,
-        "volume_ids": (np.arange(n) // 155).astype(np.int64),
-        "slice_indices": (np.arange(n) % 155).astype(np.int64),
-        "positions": np.zeros((n, 3)),
-        "volumes": [f"volume-{i}" for i in range(n_volumes)],
-        "series_uids": [""] * n_volumes,
-        "thumbnails": np.zeros((0, 1, 1), np.uint8),
-        "thumbnail_mm": np.ones(0),
-        "null": NullModel.fit(rng.normal(0.3, 0.05, 2000)),
-        "manifest": {},
-        "path": None,
-    }
-    for f in fields(FeatureBank):  # fields added later (e.g. the stage combination): defaults
-        if f.name in values:
-            setattr(bank, f.name, values[f.name])
-        elif f.default_factory is not MISSING:
-            setattr(bank, f.name, f.default_factory())
-        elif f.default is not MISSING:
-            setattr(bank, f.name, f.default)
-        else:
-            raise TypeError(f"synthetic_bank does not know FeatureBank.{f.name}")
-    bank._indexes = indexes
-    return bank
+    identity = Whitener(np.zeros(d, np.float32), np.eye(d, dtype=np.float32), 0.0)
+    index = settings.slice_index().set_fitted(
+        [identity] * len(layers),
+        indexes,
+        (np.arange(n) // 155).astype(np.int64),
+        np.zeros((0, 1, 1), np.uint8),
+    )
+    return FeatureBank(
+        settings=settings,
+        encoder_info={"name": "synthetic", "trained": False},
+        index=index,
+        slice_indices=(np.arange(n) % 155).astype(np.int64),
+        positions=np.zeros((n, 3)),
+        volumes=[f"volume-{i}" for i in range(n_volumes)],
+        series_uids=[""] * n_volumes,
+        thumbnail_mm=np.ones(0),
+        null=NullModel.fit(rng.normal(0.3, 0.05, 2000)),
+    )
 
 
 def query_volume(n_slices: int, d: int, layers, flips, rng) -> object:
@@ -395,11 +370,8 @@ def query_volume(n_slices: int, d: int, layers, flips, rng) -> object:
 
     feats = [rng.standard_normal((n_slices, d), dtype=np.float32) for _ in layers]
     extra = [f for f in flips if f != "none"]
-    optional = {}
-    if "thumbnail_mm" in {f.name for f in fields(FeatureSet)}:
-        optional["thumbnail_mm"] = np.ones(n_slices)
     return FeatureSet(
-        **optional,
+        thumbnail_mm=np.ones(n_slices),
         layers=tuple(layers),
         features=feats,
         flip_features={
@@ -417,11 +389,14 @@ def query_volume(n_slices: int, d: int, layers, flips, rng) -> object:
 
 def search_reference(bank, queries: np.ndarray, k: int, device: str = "cpu") -> tuple[float, float]:
     """(engine faiss search s, torch matmul + topk s) of one layer's queries on one view."""
+    from MemorizationIndexLib.search.neighbours import small_batch_blas
+
     start = time.perf_counter()
-    bank._indexes[0].search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    with small_batch_blas():
+        bank.index.indexes_[0].search(np.ascontiguousarray(queries, dtype=np.float32), k)
     faiss_s = time.perf_counter() - start
     dev = torch.device(device)
-    vectors = torch.from_numpy(bank.vectors[0])
+    vectors = torch.from_numpy(bank.index.vectors_[0])
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     if dev.type == "cuda":
         vectors = vectors.to(dev, torch.float16)

@@ -186,18 +186,14 @@ def tiny_detection():
 @pytest.fixture(scope="module")
 def tiny_cohort():
     """The tiny cohort's volumes encoded with every query flip, the bank's encoder info."""
-    from MemorizationIndexLib.encoding.encoder import build_network
     from MemorizationIndexLib.encoding.features import extract_features
 
     config = protocol.DetectionConfig(**TINY)
-    settings = config.settings(**({"verify": False} if protocol.has_verify() else {}))
+    settings = config.settings(verify=False)
     volumes, _ = protocol.cohort_volumes(config, settings.read_options())
-    encoder, info = build_network(None, 48, TINY_LAYERS, config=tiny_encoder_config())
-    extractor = FeatureExtractor(encoder, settings.preprocess_spec(), "cpu", 64)
-    fs = extract_features(
-        volumes, extractor, TINY_LAYERS, settings.read_options(), flips=settings.flips
-    )
-    return settings, fs, info
+    encoder = settings.encoder(config=tiny_encoder_config(), device="cpu", batch_size=64)
+    fs = extract_features(volumes, encoder, settings.read_options(), flips=settings.flips)
+    return settings, fs, encoder.info
 
 
 def test_subset_rows_carries_every_view(tiny_cohort):
@@ -227,7 +223,7 @@ def test_detection_run_computes_every_method(tiny_detection):
         "pixel_correlation",
         "carlini_l2",
     }
-    if protocol.has_verify() and config.two_stage:
+    if config.two_stage:
         expected.add("ours_two_stage")
     assert set(det["per_slice"]) == expected
     for method, per_aug in det["per_slice"].items():

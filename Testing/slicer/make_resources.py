@@ -6,7 +6,7 @@
 Icons are drawn with numpy (no imaging library). The pictures are rendered by the real
 slice logic of slicer-core (`vtkMRMLSliceLogic`, the same blending Slicer's Red view does)
 from an audit of a small cohort made from real MRI (nilearn's MNI152 T1, see
-MemorizationIndexLib.cohort): a synthetic volume that is a left-right flipped, noisy copy of
+MemorizationIndexLib.demo.cohort): a synthetic volume that is a left-right flipped, noisy copy of
 a training subject, its nearest training slice placed on it, and their blend.
 """
 
@@ -80,7 +80,7 @@ def make_icon(size=128, supersample=4):
 
 def write_icons():
     sys.path.insert(0, str(MODULE_DIR))
-    from MemorizationIndexLib.imaging import png_bytes
+    from MemorizationIndexLib.report.images import png_bytes
 
     icon = make_icon()
     for path in (MODULE_ICON, EXTENSION_ICON):
@@ -97,8 +97,8 @@ def render_pictures(work: Path):
     sys.path.insert(0, str(MODULE_DIR))
     import SimpleITK as sitk
     import slicer.util
-    from MemorizationIndexLib.bank import BankSettings
-    from MemorizationIndexLib.cohort import augment, load_template, make_subject, write_volume
+    from MemorizationIndexLib.bank.settings import BankSettings
+    from MemorizationIndexLib.demo.cohort import augment, load_template, make_subject, write_volume
     from MemorizationIndexSceneLogic import (
         MemorizationIndexSceneLogic,
         createSceneWithSliceViews,

@@ -31,7 +31,7 @@ TINY_LAYERS = (1, 2, 3)
 
 def tiny_bank_settings():
     """Fast but complete: 32 px slices, three blocks of a small encoder, query flip hflip."""
-    from MemorizationIndexLib.bank import BankSettings
+    from MemorizationIndexLib.bank.settings import BankSettings
 
     return BankSettings(
         image_size=32, layers=TINY_LAYERS, flips=("none", "hflip"), null_max_slices=100
@@ -42,11 +42,9 @@ def tiny_encoder_config():
     """A 4-block ViT in MRI-CORE's layout (the engine tests' small encoder): the glue does
     not depend on the encoder's size, and whitening 64 dimensions instead of 768 keeps the
     Slicer tests fast. MRI-CORE's ViT-B itself is covered by the engine tests."""
-    from MemorizationIndexLib.encoder import EncoderConfig
+    from MemorizationIndexLib.encoding.vit import EncoderConfig
 
-    return EncoderConfig(
-        embed_dim=64, depth=4, num_heads=4, window_size=2, global_attn_blocks=(1, 3)
-    )
+    return EncoderConfig.tiny()
 
 
 def random_scan(rng) -> np.ndarray:

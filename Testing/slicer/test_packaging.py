@@ -62,7 +62,7 @@ def extension_cmake():
 def test_module_cmake_lists_every_engine_file_and_module_script(module_cmake):
     listed = cmake_list(module_cmake, "MODULE_PYTHON_SCRIPTS")
     on_disk = {
-        str(p.relative_to(MODULE)) for p in (MODULE / "MemorizationIndexLib").glob("*.py")
+        str(p.relative_to(MODULE)) for p in (MODULE / "MemorizationIndexLib").rglob("*.py")
     } | {"MemorizationIndex.py", "MemorizationIndexSceneLogic.py"}
     assert len(listed) == len(set(listed))
     assert set(listed) == on_disk, {
@@ -175,7 +175,7 @@ def test_nothing_heavy_is_imported_when_slicer_loads_the_module():
 
 
 def test_the_engine_never_imports_slicer_or_qt_at_top_level():
-    for path in (MODULE / "MemorizationIndexLib").glob("*.py"):
+    for path in (MODULE / "MemorizationIndexLib").rglob("*.py"):
         assert not top_level_imports(path) & {"slicer", "qt", "ctk", "vtk"}, path.name
 
 

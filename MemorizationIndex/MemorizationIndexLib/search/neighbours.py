@@ -104,6 +104,24 @@ def match_queries(
     best_pos = order[:, 0]
     layer_cos = cos[np.arange(n), best_pos]
 
+    topk, topk_sim, margin = _distinct_topk(ranked, ranked_scores, bank_volume_ids, k)
+    agreement = np.stack([ids[:, 0] == best for ids in per_layer_ids], axis=1).mean(axis=1)
+    return Matches(
+        similarity=ranked_scores[:, 0].astype(np.float64),
+        match=best,
+        layer_cosine=layer_cos.astype(np.float32),
+        layer_top1=top1,
+        margin=margin,
+        agreement=agreement.astype(np.float32),
+        topk=topk,
+        topk_similarity=topk_sim,
+    )
+
+
+def _distinct_topk(ranked: np.ndarray, ranked_scores: np.ndarray, bank_volume_ids, k: int):
+    """Per query, the k best distinct candidates (padded with the last) and their scores,
+    and the margin of the best over the best candidate from another training volume."""
+    n = len(ranked)
     topk = np.zeros((n, k), np.int64)
     topk_sim = np.zeros((n, k), np.float32)
     margin = np.zeros(n, np.float32)
@@ -116,20 +134,10 @@ def match_queries(
         if len(rows) < k:
             topk[i, len(rows) :] = rows[-1]
             topk_sim[i, len(rows) :] = topk_sim[i, len(rows) - 1]
-        other = bank_volume_ids[ranked[i]] != bank_volume_ids[best[i]]
+        other = bank_volume_ids[ranked[i]] != bank_volume_ids[ranked[i, 0]]
         runner_up = ranked_scores[i][other][0] if other.any() else 0.0
         margin[i] = ranked_scores[i, 0] - runner_up
-    agreement = np.stack([ids[:, 0] == best for ids in per_layer_ids], axis=1).mean(axis=1)
-    return Matches(
-        similarity=ranked_scores[:, 0].astype(np.float64),
-        match=best,
-        layer_cosine=layer_cos.astype(np.float32),
-        layer_top1=top1,
-        margin=margin,
-        agreement=agreement.astype(np.float32),
-        topk=topk,
-        topk_similarity=topk_sim,
-    )
+    return topk, topk_sim, margin
 
 
 def best_over_views(views: list[tuple[np.ndarray, Matches]], n: int) -> tuple[Matches, np.ndarray]:

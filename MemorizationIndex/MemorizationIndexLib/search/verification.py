@@ -321,6 +321,33 @@ class Verifier:
         refined = _Poses(poses.which, poses.flip, x[:, 0], torch.exp(x[:, 1:3] / 100.0), x[:, 3:5])
         return refined, foreground_ncc(queries, warp(images, refined.thetas(size)))
 
+    def _shortlists(self, query_images, bank_thumbnails, candidates, progress):
+        """Per query: its distinct candidate rows, the best full-size poses (refine_poses of
+        them) and their scores, after the exhaustive coarse search."""
+        s = self.settings
+        n = len(query_images)
+        _, query_spread = foreground_moments(query_images)
+        chosen: list[_Poses] = []
+        chosen_scores = []
+        kept_rows = []
+        for i in range(n):
+            # Candidate sources overlap; each distinct row is aligned once.
+            rows = np.array(list(dict.fromkeys(np.asarray(candidates[i]).tolist())))
+            kept_rows.append(rows)
+            q = query_images[i]
+            c = as_unit_images(bank_thumbnails[rows])
+            _, spread = foreground_moments(c)
+            stretch = stretch_between(query_spread[i], spread, s.stretch_bounds)
+            peaks = self._coarse(q, c, stretch)
+            poses = self._shortlist(peaks, stretch)
+            scores = self._full_size(q, c, poses)
+            keep = torch.argsort(scores, descending=True)[: s.refine_poses]
+            chosen.append(poses.take(keep))
+            chosen_scores.append(scores[keep])
+            if progress is not None:
+                progress.update(i + 1, n)
+        return chosen, chosen_scores, kept_rows
+
     def align(
         self,
         queries: np.ndarray,
@@ -333,30 +360,12 @@ class Verifier:
         progress.update(done, n) follows each query's search: progress, and a place to
         cancel (it may raise) in what is the slowest step of scoring.
         """
-        s = self.settings
         n = len(queries)
         query_images = as_unit_images(queries)
-        _, query_spread = foreground_moments(query_images)
-        chosen: list[_Poses] = []
-        chosen_scores = []
-        kept_rows = []
         with torch.inference_mode():
-            for i in range(n):
-                # Candidate sources overlap; each distinct row is aligned once.
-                rows = np.array(list(dict.fromkeys(np.asarray(candidates[i]).tolist())))
-                kept_rows.append(rows)
-                q = query_images[i]
-                c = as_unit_images(bank_thumbnails[rows])
-                _, spread = foreground_moments(c)
-                stretch = stretch_between(query_spread[i], spread, s.stretch_bounds)
-                peaks = self._coarse(q, c, stretch)
-                poses = self._shortlist(peaks, stretch)
-                scores = self._full_size(q, c, poses)
-                keep = torch.argsort(scores, descending=True)[: s.refine_poses]
-                chosen.append(poses.take(keep))
-                chosen_scores.append(scores[keep])
-                if progress is not None:
-                    progress.update(i + 1, n)
+            chosen, chosen_scores, kept_rows = self._shortlists(
+                query_images, bank_thumbnails, candidates, progress
+            )
         # One batch over every query's shortlisted poses.
         owner = torch.cat([torch.full((len(p.which),), i) for i, p in enumerate(chosen)])
         poses = _Poses(
@@ -369,10 +378,9 @@ class Verifier:
             [torch.as_tensor(rows)[p.which] for rows, p in zip(kept_rows, chosen, strict=True)]
         )
         scores = torch.cat(chosen_scores)
-        queries_t = query_images[owner]
-        images = as_unit_images(bank_thumbnails[bank_rows.numpy()])
-        if s.refine and len(owner):
-            refined, refined_scores = self._refine(queries_t, images, poses)
+        if self.settings.refine and len(owner):
+            images = as_unit_images(bank_thumbnails[bank_rows.numpy()])
+            refined, refined_scores = self._refine(query_images[owner], images, poses)
             better = torch.isfinite(refined_scores) & (refined_scores > scores)
             scores = torch.where(better, refined_scores, scores)
             for name in ("angle", "stretch", "shift"):
@@ -380,23 +388,28 @@ class Verifier:
                 mask = better if old.dim() == 1 else better[:, None]
                 setattr(poses, name, torch.where(mask, new, old))
         scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -1.0))
-        out = Alignments(
-            score=np.zeros(n),
-            candidate=np.zeros(n, np.int64),
-            flip=["none"] * n,
-            angle=np.zeros(n),
-            scale=np.ones((n, 2)),
-            shift=np.zeros((n, 2)),
-        )
-        for i in range(n):
-            mine = torch.nonzero(owner == i)[:, 0]
-            if len(mine) == 0:
-                continue
-            j = int(mine[torch.argmax(scores[mine])])
-            out.score[i] = float(scores[j])
-            out.candidate[i] = int(bank_rows[j])
-            out.flip[i] = FLIP_NAMES[int(poses.flip[j])]
-            out.angle[i] = float(poses.angle[j])
-            out.scale[i] = poses.stretch[j].numpy()
-            out.shift[i] = poses.shift[j].numpy()
-        return out
+        return _best_per_query(n, owner, scores, bank_rows, poses)
+
+
+def _best_per_query(n: int, owner, scores, bank_rows, poses: _Poses) -> Alignments:
+    """The highest-scoring pose of each query (owner[j] is the query of pose j)."""
+    out = Alignments(
+        score=np.zeros(n),
+        candidate=np.zeros(n, np.int64),
+        flip=["none"] * n,
+        angle=np.zeros(n),
+        scale=np.ones((n, 2)),
+        shift=np.zeros((n, 2)),
+    )
+    for i in range(n):
+        mine = torch.nonzero(owner == i)[:, 0]
+        if len(mine) == 0:
+            continue
+        j = int(mine[torch.argmax(scores[mine])])
+        out.score[i] = float(scores[j])
+        out.candidate[i] = int(bank_rows[j])
+        out.flip[i] = FLIP_NAMES[int(poses.flip[j])]
+        out.angle[i] = float(poses.angle[j])
+        out.scale[i] = poses.stretch[j].numpy()
+        out.shift[i] = poses.shift[j].numpy()
+    return out
