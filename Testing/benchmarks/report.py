@@ -95,7 +95,7 @@ def speed_markdown(results: dict, anchors: dict) -> str:
             "window), 'useful' leaves them out.\n"
         )
         cpu_anchor = anchors["cpu_224_seconds_per_slice"]
-        parts.append(f"DESIGN §6 anchor for this CPU kind: {cpu_anchor} s per 224 px slice.\n")
+        parts.append(f"Reference anchor for this CPU kind: {cpu_anchor} s per 224 px slice.\n")
     if "bank_build" in results:
         parts.append("\n### Bank build, end to end\n")
         rows = [
@@ -200,7 +200,7 @@ def speed_markdown(results: dict, anchors: dict) -> str:
         headers[-2] = "matmul GFLOP/s (same precision)"
         parts.append(table(headers, rows))
         parts.append(
-            f"\nDESIGN §6 anchors (H200, random weights, 224 px): "
+            f"\nReference anchors (H200, random weights, 224 px): "
             f"{anchors['h200_bf16_224_slices_per_s']:,} slices/s bf16 eager, "
             f"{anchors['h200_bf16_224_compiled_slices_per_s']:,} compiled, "
             f"{anchors['h200_fp32_224_slices_per_s']:,} fp32.\n"

@@ -6,7 +6,7 @@
 - End-to-end bank build (read, preprocess, encode with the null's flip views, calibrate,
   save) against encoder-only throughput on the same number of slice encodings.
 - Scoring latency of one 155-slice volume (already encoded) against banks of 1e4..1e6
-  slices of random unit vectors, through FeatureBank.match / scoring.score_features.
+  slices of random unit vectors, through FeatureBank.search / scoring.score.score_features.
 - Bank bytes per slice, and peak memory (getrusage).
 
 No timing here is an assertion: ratios are reported, never tested against a limit.

@@ -141,5 +141,5 @@ def test_faiss_setting_is_scoped_to_the_engines_searches():
     features = [rng.standard_normal((40, 8)).astype(np.float32)]
     index = SliceIndex(top_k=3).fit(features, np.arange(40) // 10, np.zeros((40, 8, 8), np.uint8))
     result = index.search(QuerySlices([(np.arange(5), [features[0][:5]])], np.zeros((5, 8, 8))))
-    assert np.array_equal(result.match, np.arange(5))
+    assert np.array_equal(result.match_rows, np.arange(5))
     assert faiss.cvar.distance_compute_blas_threshold == before

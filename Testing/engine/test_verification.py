@@ -45,7 +45,7 @@ def test_pose_of_a_transformed_copy_is_recovered(slices, flip, angle, shift):
     assert result.flip[0] == flip
     assert result.angle[0] == pytest.approx(angle, abs=1.5)
     assert np.allclose(result.shift[0], shift, atol=1.0)
-    assert result.score[0] > 0.97
+    assert result.ncc[0] > 0.97
 
 
 def test_copies_score_above_other_subjects(slices):
@@ -53,8 +53,8 @@ def test_copies_score_above_other_subjects(slices):
     rng = np.random.default_rng(0)
     noisy = np.clip(train[5:15] + rng.normal(0, 8, train[5:15].shape), 0, 255).astype(np.uint8)
     candidates = np.stack([np.clip(np.arange(i - 2, i + 3), 0, 19) for i in range(5, 15)])
-    copies = Verifier().align(noisy, train, candidates).score
-    novel = Verifier().align(other[5:15], train, candidates).score
+    copies = Verifier().align(noisy, train, candidates).ncc
+    novel = Verifier().align(other[5:15], train, candidates).ncc
     assert copies.min() > 0.95
     assert novel.max() < copies.min() - 0.03
 
@@ -75,7 +75,7 @@ def test_magnified_copy_is_aligned_with_its_scale(slices):
     result = Verifier().align(query, train, np.array([[9, 10, 11, 3]]))
     assert result.candidate[0] == 10
     assert result.scale[0] == pytest.approx([1.15, 1.15], abs=0.03)
-    assert result.score[0] > 0.97
+    assert result.ncc[0] > 0.97
 
 
 @pytest.mark.parametrize(
@@ -91,5 +91,5 @@ def test_copy_stretched_differently_along_rows_and_columns_is_aligned(slices, fl
     assert result.candidate[0] == 10 and result.flip[0] == flip
     assert result.angle[0] == pytest.approx(angle, abs=1.0)
     assert result.scale[0] == pytest.approx(stretch, abs=0.02)
-    assert result.score[0] > 0.98
-    assert result.score[1] < result.score[0] - 0.03
+    assert result.ncc[0] > 0.98
+    assert result.ncc[1] < result.ncc[0] - 0.03

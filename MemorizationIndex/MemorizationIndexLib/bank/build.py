@@ -59,7 +59,7 @@ def cross_fitted_null(
         result = index.search(queries, job.step(None, len(queries)))
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:
-            s2[query_mask] = result.alignment.score
+            s2[query_mask] = result.alignment.ncc
     return s1, s2, null_rows
 
 

@@ -38,7 +38,7 @@ class Combination:
         return cls(verify=True, null1=NullModel.fit(s1), null2=NullModel.fit(s2))
 
     def statistic(self, result: StageResult) -> np.ndarray:
-        s2 = result.alignment.score if result.alignment is not None else None
+        s2 = result.alignment.ncc if result.alignment is not None else None
         return self.statistic_of(result.stage1.similarity, s2)
 
     def statistic_of(self, s1: np.ndarray, s2: np.ndarray | None) -> np.ndarray:

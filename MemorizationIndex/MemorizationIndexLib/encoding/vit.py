@@ -1,10 +1,11 @@
 """MRI-CORE's network: a DINOv2-trained ViT-B/16 in SAM's image-encoder layout.
 
-Written from the facts in DESIGN.md section 4, not copied: windowed attention (window 14)
-with global attention in a few blocks, no relative positions, an absolute position grid
-stored at the pretraining size and resized to other inputs. SAM's neck is left out because
-MRI-CORE never trained it. The forward pass returns what the index needs, the mean of all
-tokens after each requested block, and runs no block past the last one requested.
+Written from MRI-CORE's published layout (mazurowski-lab/mri_foundation), not copied:
+windowed attention (window 14) with global attention in a few blocks, no relative
+positions, an absolute position grid stored at the pretraining size and resized to other
+inputs. SAM's neck is left out because MRI-CORE never trained it. The forward pass returns
+what the index needs, the mean of all tokens after each requested block, and runs no block
+past the last one requested.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class EncoderConfig:
 
     @classmethod
     def vit_b(cls, layer_scale: bool = False) -> EncoderConfig:
-        """MRI-CORE's ViT-B/16 (DESIGN section 4)."""
+        """MRI-CORE's ViT-B/16: width 768, 12 blocks, 12 heads, patch 16, window 14."""
         return cls(layer_scale=layer_scale)
 
     @classmethod

@@ -78,9 +78,9 @@ def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -
     if al is None:
         return {"flip": bank.settings.flips[int(stages.view[i])]}
     mm = float(queries.thumbnail_mm[i])
-    mm_match = float(bank.thumbnail_mm[int(stages.match[i])])
+    mm_match = float(bank.thumbnail_mm[int(stages.match_rows[i])])
     return {
-        "verified_ncc": float(al.score[i]),
+        "verified_ncc": float(al.ncc[i]),
         "flip": al.flip[i],
         "angle_deg": float(al.angle[i]),
         "shift_mm": (float(al.shift[i, 0]) * mm, float(al.shift[i, 1]) * mm),
@@ -103,7 +103,7 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
     best = stages.stage1
     out = []
     for i, info in enumerate(queries.slices):
-        match = bank.slice_info(int(stages.match[i]))
+        match = bank.slice_info(int(stages.match_rows[i]))
         out.append(
             SliceResult(
                 volume=info.volume,
@@ -141,10 +141,10 @@ def _volume_result(bank, queries, stages, calibrated, vid: int, alpha: float) ->
     p_v = p[rows]
     vol_p = simes_p_value(p_v)
     weights = np.zeros(len(bank.volumes))
-    np.add.at(weights, bank.volume_ids[best.match[rows]], -np.log10(np.maximum(p_v, 1e-300)))
+    np.add.at(weights, bank.volume_ids[best.best_row[rows]], -np.log10(np.maximum(p_v, 1e-300)))
     match_vid = int(np.argmax(weights))
-    to_match = bank.volume_ids[best.match[rows]] == match_vid
-    run = longest_ordered_run(flagged[rows] & to_match, best.match[rows], bank.volume_ids)
+    to_match = bank.volume_ids[best.best_row[rows]] == match_vid
+    run = longest_ordered_run(flagged[rows] & to_match, best.best_row[rows], bank.volume_ids)
     fl = flagged[rows]
     flips = [bank.settings.flips[int(c)] for c in stages.view[rows][fl]]
     return VolumeResult(
@@ -196,7 +196,7 @@ def score_features(
         summary=summary,
         skipped=skipped,
         query_thumbnails=queries.thumbnails,
-        match_rows=stages.match,
+        match_rows=stages.match_rows,
         alpha=alpha,
         alignment=stages.alignment,
     )

@@ -29,7 +29,7 @@ from .neighbours import (
     concat_matches,
     exact_index,
     index_vectors,
-    match_queries,
+    nearest_by_features,
     small_batch_blas,
 )
 from .verification import Alignments, Verifier
@@ -80,9 +80,9 @@ class StageResult:
     alignment: Alignments | None  # stage 2, when verification is on
 
     @property
-    def match(self) -> np.ndarray:
-        """The bank row shown as the match: the verified candidate when there is one."""
-        return self.alignment.candidate if self.alignment is not None else self.stage1.match
+    def match_rows(self) -> np.ndarray:
+        """[n] bank row shown as each query's match: the verified candidate when there is one."""
+        return self.alignment.candidate if self.alignment is not None else self.stage1.best_row
 
 
 def pooled_candidates(views: list[tuple[np.ndarray, Matches]], n: int, m: int) -> np.ndarray:
@@ -181,7 +181,7 @@ class SliceIndex:
     def _stage1(self, features: list[np.ndarray]) -> Matches:
         whitened = self.whiten(features)
         parts = [
-            match_queries(
+            nearest_by_features(
                 [f[s : s + self.chunk] for f in whitened],
                 self.vectors_,
                 self.indexes_,

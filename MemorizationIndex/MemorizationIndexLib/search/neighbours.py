@@ -55,7 +55,7 @@ class Matches:
     """Best training slice for each query and the evidence around it (all arrays [n, ...])."""
 
     similarity: np.ndarray  # geometric mean over layers of the best candidate's cosines
-    match: np.ndarray  # bank row of the best candidate
+    best_row: np.ndarray  # bank row of the best candidate
     layer_cosine: np.ndarray  # [n, L] cosines of the best candidate per layer
     layer_top1: np.ndarray  # [n, L] per-layer top-1 cosine (any training slice)
     margin: np.ndarray  # similarity - best similarity from another training volume
@@ -68,7 +68,7 @@ def geometric_mean(cosines: np.ndarray) -> np.ndarray:
     return np.exp(np.log(np.clip(cosines, COSINE_FLOOR, 1.0)).mean(axis=-1))
 
 
-def match_queries(
+def nearest_by_features(
     queries: list[np.ndarray],
     bank: list[np.ndarray],
     indexes: list[faiss.Index],
@@ -108,7 +108,7 @@ def match_queries(
     agreement = np.stack([ids[:, 0] == best for ids in per_layer_ids], axis=1).mean(axis=1)
     return Matches(
         similarity=ranked_scores[:, 0].astype(np.float64),
-        match=best,
+        best_row=best,
         layer_cosine=layer_cos.astype(np.float32),
         layer_top1=top1,
         margin=margin,

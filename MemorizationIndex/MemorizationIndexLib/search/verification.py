@@ -64,7 +64,7 @@ class Alignments:
     axis towards +y (clockwise on screen, rows running down); scale is the stretch along
     the query's columns and rows; shift is (dx, dy) in thumbnail pixels."""
 
-    score: np.ndarray  # foreground NCC of the aligned pair, [-1, 1]
+    ncc: np.ndarray  # foreground NCC of the aligned pair, [-1, 1]
     candidate: np.ndarray  # bank row
     flip: list[str]
     angle: np.ndarray
@@ -394,7 +394,7 @@ class Verifier:
 def _best_per_query(n: int, owner, scores, bank_rows, poses: _Poses) -> Alignments:
     """The highest-scoring pose of each query (owner[j] is the query of pose j)."""
     out = Alignments(
-        score=np.zeros(n),
+        ncc=np.zeros(n),
         candidate=np.zeros(n, np.int64),
         flip=["none"] * n,
         angle=np.zeros(n),
@@ -406,7 +406,7 @@ def _best_per_query(n: int, owner, scores, bank_rows, poses: _Poses) -> Alignmen
         if len(mine) == 0:
             continue
         j = int(mine[torch.argmax(scores[mine])])
-        out.score[i] = float(scores[j])
+        out.ncc[i] = float(scores[j])
         out.candidate[i] = int(bank_rows[j])
         out.flip[i] = FLIP_NAMES[int(poses.flip[j])]
         out.angle[i] = float(poses.angle[j])
