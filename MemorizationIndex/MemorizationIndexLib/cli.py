@@ -80,7 +80,12 @@ def _encoder_options(p: argparse.ArgumentParser) -> None:
 def _build_bank_parser(sub) -> None:
     b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
-    b.add_argument("--out", required=True, help="bank folder to write")
+    b.add_argument(
+        "--out",
+        required=True,
+        help="bank folder to write"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(b)
     b.add_argument("--image-size", type=int, default=224, help="encoder input size in pixels")
     b.add_argument("--layers", type=_layers, default=(3, 7, 11), help="encoder blocks, e.g. 3,7,11")
@@ -135,13 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score synthetic scans against a bank")
     s.add_argument("bank_dir", help="bank folder written by build-bank")
     s.add_argument("synth_dir", help="folder (or one file) of synthetic scans")
-    s.add_argument("--out", required=True, help="report folder to write")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="report folder to write"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
-    d.add_argument("--out", default="demo-output", help="folder for the cohort, bank and report")
+    d.add_argument(
+        "--out",
+        default="demo-output",
+        help="folder for the cohort, bank and report"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(d)
     d.add_argument("--image-size", type=int, default=112, help="encoder input size (demo: 112)")
     return parser
@@ -183,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build_bank(args, job: Job) -> int:
+    from .atomic import check_output
     from .bank.build import build_bank
     from .bank.settings import BankSettings
 
@@ -201,6 +217,8 @@ def _build_bank(args, job: Job) -> int:
         denoise_sigma=args.denoise_sigma,
         seed=args.seed,
     )
+    # The output is checked before the encoder is loaded (and again by build_bank).
+    check_output(args.out, "bank", (args.train_dir, args.checkpoint))
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
     bank = build_bank(args.train_dir, args.out, settings, encoder, job)
     job.progress.close()
@@ -221,14 +239,17 @@ def _build_bank(args, job: Job) -> int:
 
 
 def _score(args, job: Job) -> int:
+    from .atomic import check_output
     from .bank.feature_bank import FeatureBank
     from .report.files import write_report
     from .scoring.score import score
 
+    inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
+    check_output(args.out, "report", inputs)  # before the scoring, not after
     bank = FeatureBank.load(args.bank_dir)
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
     result = score(bank, args.synth_dir, encoder, alpha=args.alpha, stride=args.stride, job=job)
-    write_report(result, bank, args.out)
+    write_report(result, bank, args.out, inputs)
     job.progress.close()
     print_verdicts(result)
     print(f"Report: {Path(args.out) / 'report.html'}")

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ..atomic import check_output
 from ..calibration.combination import Combination
 from ..calibration.null import NullModel, volume_folds
 from ..encoding.encoder import Encoder, EncoderInfo
@@ -136,6 +137,8 @@ def build_bank(
     testing only); job: progress and Cancel."""
     settings = settings or BankSettings()
     job = job or Job()
+    inputs = (train_dir, encoder.info.checkpoint if encoder is not None else None)
+    check_output(out_dir, "bank", inputs)  # before hours of encoding, not after
     sources, skipped = find_scans_required(train_dir)
     encoder = encoder or settings.encoder()
     check_encoder(encoder, settings)
@@ -156,5 +159,5 @@ def build_bank(
     )
     job.report(CALIBRATION_STAGE, 1, 1)
     job.check()
-    bank.save(out_dir)
+    bank.save(out_dir, inputs)
     return bank

@@ -117,9 +117,10 @@ class FeatureBank:
         return encoder
 
     # ---- persistence -------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, inputs=()) -> Path:
+        """Write the bank to `path` in one step (see atomic.py); `inputs` may not be touched."""
         path = Path(path)
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, "bank", inputs) as tmp:
             layers = self.settings.layers
             for layer, w, v in zip(layers, self.index.whiteners_, self.index.vectors_, strict=True):
                 np.save(tmp / f"features_layer{layer}.npy", v.astype(np.float32))

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import prepare_marked_folder
 from ..bank.build import build_bank
 from ..bank.settings import BankSettings
 from ..job import Job
@@ -33,7 +34,7 @@ def run_demo(
     """Make the cohort in out/cohort, build out/bank, score, write out/report, and print the
     verdict table against the truth; returns the exit status (0)."""
     started = time.perf_counter()
-    out = Path(out)
+    out = prepare_marked_folder(out, "demo")
     print(f"Making the example cohort from nilearn's MNI152 T1 in {out / 'cohort'} ...")
     members = make_cohort(out / "cohort")
     (out / "cohort" / "truth.json").write_text(json.dumps([asdict(m) for m in members], indent=2))
