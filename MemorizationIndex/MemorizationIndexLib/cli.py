@@ -77,15 +77,20 @@ def _encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _out_option(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    p.add_argument(
+        "--out",
+        required=default is None,
+        default=default,
+        help=f"{what} (a new or empty folder, or one this tool wrote; never an input or the "
+        "current folder)",
+    )
+
+
 def _build_bank_parser(sub) -> None:
     b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
-    b.add_argument(
-        "--out",
-        required=True,
-        help="bank folder to write"
-        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
-    )
+    _out_option(b, "bank folder to write")
     _encoder_options(b)
     b.add_argument("--image-size", type=int, default=224, help="encoder input size in pixels")
     b.add_argument("--layers", type=_layers, default=(3, 7, 11), help="encoder blocks, e.g. 3,7,11")
@@ -140,23 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score synthetic scans against a bank")
     s.add_argument("bank_dir", help="bank folder written by build-bank")
     s.add_argument("synth_dir", help="folder (or one file) of synthetic scans")
-    s.add_argument(
-        "--out",
-        required=True,
-        help="report folder to write"
-        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
-    )
+    _out_option(s, "report folder to write")
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
-    d.add_argument(
-        "--out",
-        default="demo-output",
-        help="folder for the cohort, bank and report"
-        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
-    )
+    _out_option(d, "folder for the cohort, bank and report", default="demo-output")
     _encoder_options(d)
     d.add_argument("--image-size", type=int, default=112, help="encoder input size (demo: 112)")
     return parser

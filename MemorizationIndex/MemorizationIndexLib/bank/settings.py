@@ -17,7 +17,19 @@ from ..search.index import SliceIndex
 
 @dataclass(frozen=True)
 class BankSettings:
-    """Choices that shape a bank. Those in MUST_MATCH are checked again at scoring time."""
+    """Choices that shape a bank, checked here (the message names the option). Those in
+    MUST_MATCH are checked again at scoring time.
+
+    image_size: encoder input in pixels (a multiple of 16). layers: encoder blocks whose
+    mean token is a feature. axis: axial, coronal or sagittal slices. stride: keep the
+    foreground slices whose index is a multiple of it. min_foreground: share of a slice's
+    pixels above background for it to be kept. flips: query-time views ("none" always
+    first). top_k: stage-1 candidates per layer. calibration_folds: held-out share of the
+    training volumes is 1/folds. null_max_slices: slices encoded flipped for the null.
+    thumbnail_size: pixels of the stage-2 thumbnails. denoise_sigma: Gaussian pre-filter in
+    source pixels (0 = off). verify: run stage 2; verify_k: stage-1 candidates it aligns;
+    pixel_k: extra candidates per pixel descriptor. seed: folds and untrained weights.
+    """
 
     image_size: int = 224
     layers: tuple[int, ...] = (3, 7, 11)

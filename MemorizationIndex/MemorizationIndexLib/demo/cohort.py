@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..errors import InputError
 
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+TISSUE_LEVEL = 0.02  # a subject's voxel above this (of its 99.5th percentile) gets scan noise
 
 
 def template_path() -> Path:
@@ -88,7 +89,7 @@ def make_subject(template: np.ndarray, seed: int, deformation_vox: float = 2.5) 
     out = out * bias
     top = float(np.percentile(out, 99.5)) or 1.0
     out = np.clip(out / top, 0, None) ** rng.uniform(0.8, 1.25)
-    out += rng.normal(0, 0.015, size=shape).astype(np.float32) * (out > 0.02)
+    out += rng.normal(0, 0.015, size=shape).astype(np.float32) * (out > TISSUE_LEVEL)
     return (np.clip(out, 0, None) * 1000.0).astype(np.float32)
 
 
