@@ -7,8 +7,8 @@ clean held-out slices and the copies; per dataset, synthetic sets are the held-o
 a share p replaced by copies. Each seed re-splits the cohort and draws new copies.
 
 Features are extracted once for every cohort volume (with the query flip views) through
-features.extract_features; banks come from bank.bank_from_features and scores from
-scoring.score_features, exactly as the CLI and Slicer run them.
+encoding.features.extract_features; banks come from bank.build.bank_from_features and
+scores from scoring.score.score_features, exactly as the CLI and Slicer run them.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ def bank_build(
     workdir: Path | None = None,
     spacing_mm: float = 2.0,
 ) -> list[dict]:
-    """bank.build_bank on a folder of NIfTI volumes, against encoder-only time for its slices.
+    """bank.build.build_bank on a folder of NIfTI volumes, against encoder-only time for its slices.
 
     One row per bank variant (stage 1; stage 1 + verification).
     """
