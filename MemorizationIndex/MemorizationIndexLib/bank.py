@@ -17,6 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .bank_files import (
+    MANIFEST_NAME,
+    file_digests,
+    fspath_list,
+    load_array,
+    load_npz,
+    read_manifest,
+    require_field,
+    same_length,
+    verify_digests,
+)
 from .calibration import NullModel, volume_folds
 from .encoder import EncoderConfig, EncoderInfo, build_encoder
 from .errors import BankError, InputError, SettingsError
@@ -79,6 +90,13 @@ class BankSettings:
             raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
         if self.denoise_sigma < 0:
             raise SettingsError(f"--denoise-sigma must be >= 0 (got {self.denoise_sigma}).")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SettingsError(f"--seed must be a whole number >= 0 (got {self.seed!r}).")
+        if self.image_size < 16 or self.thumbnail_size < 16:
+            raise SettingsError(
+                f"--image-size must be at least 16 pixels, the encoder's patch (got "
+                f"{self.image_size})."
+            )
         if self.null_max_slices < 100:
             raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
         self.read_options()  # validates axis, stride, min_foreground
@@ -225,7 +243,8 @@ class FeatureBank:
                     "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
                 }
             )
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            manifest["files"] = file_digests(tmp)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         self.path = str(path)
         self.manifest = manifest
         return path
@@ -233,21 +252,19 @@ class FeatureBank:
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureBank:
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise BankError(f"{path} is not a feature bank (no manifest.json there).")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BankError(f"{manifest_path} cannot be read as JSON: {exc}.") from exc
+        manifest = read_manifest(path)
+        where = f"{path / MANIFEST_NAME}"
         if manifest.get("format") != BANK_FORMAT:
-            raise BankError(f"{manifest_path} is not a MemorizationIndex bank manifest.")
+            raise BankError(f"{where} is not a MemorizationIndex bank manifest.")
         if manifest.get("format_version") != BANK_FORMAT_VERSION:
             raise BankError(
                 f"{path} uses bank format {manifest.get('format_version')}; this version of "
                 f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
             )
-        settings = BankSettings.from_dict(manifest["settings"])
+        try:
+            settings = BankSettings.from_dict(require_field(manifest, "settings", dict, where))
+        except (TypeError, ValueError, SettingsError) as exc:
+            raise BankError(f"{where} field 'settings' is not valid ({exc}).") from exc
         built_with = manifest.get("verifier_version", 1)
         if settings.verify and built_with != VERIFIER_VERSION:
             raise BankError(
@@ -255,50 +272,18 @@ class FeatureBank:
                 f"version of MemorizationIndex verifies differently (version "
                 f"{VERIFIER_VERSION}), so its null would not match the scores. Rebuild the bank."
             )
-
-        def arr(name):
-            file = path / name
-            try:
-                return np.load(file, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BankError(f"Bank file {file} is missing or damaged ({exc}).") from exc
-
-        whiteners, vectors = [], []
-        for layer in settings.layers:
-            whiteners.append(
-                Whitener(
-                    arr(f"whitening_layer{layer}_mean.npy"),
-                    arr(f"whitening_layer{layer}_matrix.npy"),
-                    float(manifest.get("shrinkage", {}).get(str(layer), 0.0)),
-                )
-            )
-            vectors.append(np.ascontiguousarray(arr(f"features_layer{layer}.npy"), np.float32))
-        null_arrays = arr("null.npz")
-        volumes = manifest["volumes"]
-        bank = cls(
+        encoder = require_field(manifest, "encoder", dict, where)
+        volumes = fspath_list(require_field(manifest, "volumes", list, where), where)
+        verify_digests(path, require_field(manifest, "files", dict, where))
+        return cls(
             settings=settings,
-            encoder=manifest["encoder"],
-            whiteners=whiteners,
-            vectors=vectors,
-            volume_ids=arr("slice_volume_ids.npy"),
-            slice_indices=arr("slice_indices.npy"),
-            positions=arr("slice_positions.npy"),
-            volumes=[v["path"] for v in volumes],
-            series_uids=[v.get("series_uid", "") for v in volumes],
-            thumbnails=arr("thumbnails.npy"),
-            thumbnail_mm=arr("thumbnail_mm.npy"),
-            null=NullModel.from_arrays({k: null_arrays[k] for k in null_arrays.files}),
-            combination=Combination.from_arrays(
-                settings.verify,
-                dict(arr("null_stages.npz")) if settings.verify else {},
-            ),
+            encoder=encoder,
             manifest=manifest,
             path=str(path),
+            volumes=volumes,
+            series_uids=[str(v.get("series_uid", "")) for v in manifest["volumes"]],
+            **_load_arrays(path, settings, manifest, len(volumes)),
         )
-        n = len(bank.volume_ids)
-        if any(len(v) != n for v in vectors) or len(bank.slice_indices) != n:
-            raise BankError(f"Bank {path} is inconsistent: its arrays disagree on the slice count.")
-        return bank
 
     def check_compatible(self, settings: BankSettings | None = None, encoder: dict | None = None):
         """Refuse to score with an encoder or settings other than the bank's (BankError)."""
@@ -319,6 +304,59 @@ class FeatureBank:
                 + "; ".join(problems)
                 + ". Score with the bank's settings or rebuild the bank."
             )
+
+
+def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: int) -> dict:
+    """Every array of a bank, each checked for type and shape against the others."""
+    whiteners, vectors = [], []
+    for layer in settings.layers:
+        features = load_array(path, f"features_layer{layer}.npy", "f", (-1, None))
+        dim = features.shape[1]
+        mean = load_array(path, f"whitening_layer{layer}_mean.npy", "f", (dim,))
+        matrix = load_array(path, f"whitening_layer{layer}_matrix.npy", "f", (dim, dim))
+        shrinkage = manifest.get("shrinkage", {})
+        whiteners.append(Whitener(mean, matrix, float(shrinkage.get(str(layer), 0.0))))
+        vectors.append(np.ascontiguousarray(features, np.float32))
+    size = settings.thumbnail_size
+    per_slice = {
+        "slice_volume_ids.npy": load_array(path, "slice_volume_ids.npy", "iu", (-1,)),
+        "slice_indices.npy": load_array(path, "slice_indices.npy", "iu", (-1,)),
+        "slice_positions.npy": load_array(path, "slice_positions.npy", "f", (-1, 3)),
+        "thumbnails.npy": load_array(path, "thumbnails.npy", "u", (-1, size, size)),
+        "thumbnail_mm.npy": load_array(path, "thumbnail_mm.npy", "f", (-1,)),
+    }
+    n = len(per_slice["slice_volume_ids.npy"])
+    layer_files = {
+        f"features_layer{k}.npy": v for k, v in zip(settings.layers, vectors, strict=True)
+    }
+    same_length({**per_slice, **layer_files}, n, path)
+    ids = per_slice["slice_volume_ids.npy"]
+    if n and (ids.min() < 0 or ids.max() >= n_volumes):
+        raise BankError(
+            f"Bank file {path / 'slice_volume_ids.npy'} names volumes the manifest does not "
+            "list. Rebuild the bank."
+        )
+    null_keys = tuple(k for k in NullModel.__dataclass_fields__)
+    stage_keys = tuple(f"stage{i}_{k}" for i in (1, 2) for k in null_keys)
+    try:
+        null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
+        combination = Combination.from_arrays(
+            settings.verify,
+            load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {},
+        )
+    except (TypeError, ValueError) as exc:
+        raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
+    return {
+        "whiteners": whiteners,
+        "vectors": vectors,
+        "volume_ids": ids,
+        "slice_indices": per_slice["slice_indices.npy"],
+        "positions": per_slice["slice_positions.npy"],
+        "thumbnails": per_slice["thumbnails.npy"],
+        "thumbnail_mm": per_slice["thumbnail_mm.npy"],
+        "null": null,
+        "combination": combination,
+    }
 
 
 def _normal(value):
@@ -413,7 +451,12 @@ def bank_from_features(
 ) -> FeatureBank:
     """Fit whitening on all training slices, calibrate by volume, and assemble the bank."""
     if len(train) == 0:
-        raise InputError("No usable training slices were found, so no bank can be built.")
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
+        more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
+        raise InputError(
+            "No usable training slices were found, so no bank can be built"
+            + (f". Every input was skipped: {reasons}{more}." if reasons else ".")
+        )
     if len(train.volumes) < 2:
         raise InputError(
             f"Only {len(train.volumes)} usable training volume was found; at least 2 are "

@@ -88,7 +88,10 @@ class FeatureExtractor:
     ) -> list[np.ndarray]:
         """Features of a volume's kept slices (or the given rows of them) under one flip."""
         slices = volume.slices if rows is None else volume.slices[rows]
-        return self.encode(prepare_slices(slices, volume.pixel_spacing, self.spec, flip), tick)
+        batch = prepare_slices(
+            slices, volume.pixel_spacing, self.spec, flip, volume.intensity_bounds
+        )
+        return self.encode(batch, tick)
 
 
 @dataclass
@@ -210,7 +213,11 @@ def extract_features(
             volume_names.append(volume.source)
             volume_uids.append(volume.series_uid)
             warnings.append(list(volume.warnings))
-            thumbs.append(thumbnails(volume.slices, volume.pixel_spacing, thumbnail_size))
+            thumbs.append(
+                thumbnails(
+                    volume.slices, volume.pixel_spacing, thumbnail_size, volume.intensity_bounds
+                )
+            )
             rows_mm = volume.slices.shape[1] * volume.pixel_spacing[0]
             cols_mm = volume.slices.shape[2] * volume.pixel_spacing[1]
             thumb_mm.append(np.full(len(volume), max(rows_mm, cols_mm) / thumbnail_size))

@@ -51,11 +51,16 @@ def write_csv(path: Path, rows: list[dict], required: tuple[str, ...]) -> None:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(v):
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.3e}"
+    if isinstance(v, str) and v.startswith(FORMULA_STARTS):
+        return "'" + v  # a spreadsheet would run it as a formula (file names come from users)
     return v
 
 
@@ -174,6 +179,10 @@ def render_html(result: ScoreResult, bank: FeatureBank) -> str:
     skipped = "".join(
         f"<li><code>{esc(x['path'])}</code>: {esc(x['reason'])}</li>" for x in s["skipped"]
     )
+    warned = "".join(
+        f"<li><code>{esc(w['volume'])}</code>: {esc(w['warning'])}</li>"
+        for w in s.get("warnings", [])
+    )
     encoder_note = (
         f'<p class="warn">Encoder: {esc(s["encoder"]["name"])}. These scores come from an '
         "untrained encoder: use them to test the pipeline, not to judge a model.</p>"
@@ -207,6 +216,8 @@ Mean MI {s["mean_mi"]:.3f}.</p>
 MI = the null's CDF at a slice's similarity (upper tail: generalised Pareto fit).</p>
 <h2>Top suspected copies</h2>
 {"".join(cards)}
+<h2>Warnings</h2>
+<ul>{warned or "<li>none</li>"}</ul>
 <h2>Skipped inputs</h2>
 <ul>{skipped or "<li>none</li>"}</ul>
 </body></html>

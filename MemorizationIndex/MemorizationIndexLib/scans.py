@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, SettingsError
+from .errors import InputError, SettingsError, unreachable_reason
 
 AXES = ("axial", "coronal", "sagittal")
 
@@ -116,6 +116,8 @@ class ScanVolume:
     n_total_slices: int
     warnings: list[str] = field(default_factory=list)
     image: sitk.Image | None = None  # canonical float32 3D image; may be dropped to save memory
+    # Values outside these are outliers (hot voxels), left out of every intensity range.
+    intensity_bounds: tuple[float, float] = (-np.inf, np.inf)
 
     def slice_infos(self) -> list[SliceInfo]:
         return [
@@ -284,7 +286,7 @@ def _single_dicom_source(path: str) -> ScanSource:
 def _check_root(root: str | os.PathLike) -> str:
     path = os.fspath(root)
     if not os.path.exists(path):
-        raise InputError(f"{path} does not exist.")
+        raise InputError(f"{path} does not exist{unreachable_reason(path)}.")
     return path
 
 
@@ -482,7 +484,9 @@ def _nifti_truncation(path: str) -> str | None:
 
 def _read_file(path: str) -> sitk.Image:
     if not os.path.isfile(path):
-        raise InputError(f"{path} does not exist or is not a file.")
+        raise InputError(f"{path} does not exist or is not a file{unreachable_reason(path)}.")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path} cannot be read: permission denied.")
     if _suffix_in(path, (".nii", ".nii.gz", ".hdr")):
         problem = _nifti_truncation(path)
         if problem:
@@ -648,7 +652,7 @@ def read_scan_reporting(
     dropped files the way iter_scans does.
     """
     if not os.path.exists(source.path) and not source.files:
-        raise InputError(f"{source.path} does not exist.")
+        raise InputError(f"{source.path} does not exist{unreachable_reason(source.path)}.")
     if _is_dicom_source(source):
         image, warnings, skipped = _read_dicom(source)
     else:
@@ -765,6 +769,32 @@ def _to_scalar_3d(image: sitk.Image, source: str, warnings: list[str]) -> sitk.I
     return image
 
 
+OUTLIER_PERCENTILES = (0.5, 99.5)  # the volume's robust intensity range...
+OUTLIER_REACH = 10.0  # ...and how many such ranges beyond it an outlier lies: no MR tissue is
+# ten times brighter than the 99.5th percentile; overflow and rescaling errors are orders off
+
+
+def _inlier_bounds(values: np.ndarray, name: str, warnings: list[str]) -> tuple[float, float]:
+    """The range outside which voxels are outliers (hot voxels), with a warning if any are.
+
+    Generative models emit hot voxels; one voxel of 1e6 in a slice would otherwise set that
+    slice's min-max range and squash the anatomy to black, so an exact copy looked novel.
+    Outliers lie more than OUTLIER_REACH robust ranges (0.5th to 99.5th percentile) beyond
+    that range. A normal scan has none, and its slices are scaled exactly as before.
+    """
+    low_p, high_p = (float(v) for v in np.percentile(values, OUTLIER_PERCENTILES))
+    reach = OUTLIER_REACH * (high_p - low_p)
+    low, high = low_p - reach, high_p + reach
+    n = int(np.count_nonzero((values < low) | (values > high)))
+    if n:
+        warnings.append(
+            f"{name} has {n} voxel(s) far outside its intensity range ({low_p:.4g} to "
+            f"{high_p:.4g} between the 0.5th and 99.5th percentiles); they are left out "
+            "of the intensity scaling (hot voxels would otherwise hide the anatomy)."
+        )
+    return low, high
+
+
 def _canonical_volume(
     image: sitk.Image,
     source: str,
@@ -828,6 +858,7 @@ def _canonical_volume(
         image = canonical
         values = sitk.GetArrayViewFromImage(image)
     del finite
+    bounds = _inlier_bounds(values, name, warnings)
 
     p1, p99 = np.percentile(values, [1, 99])
     threshold = float(p1 + 0.1 * (p99 - p1))
@@ -875,6 +906,7 @@ def _canonical_volume(
         n_total_slices=int(values.shape[axis]),
         warnings=warnings,
         image=image,
+        intensity_bounds=bounds,
     )
 
 

@@ -196,6 +196,11 @@ def score_features(
     summary = dataset_summary(bank, slice_rows, volume_rows, alpha, oni)
     skipped = list(skipped or []) + list(queries.skipped)
     summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    summary["warnings"] = [
+        {"volume": volume, "warning": warning}
+        for volume, warnings in zip(queries.volumes, queries.volume_warnings, strict=True)
+        for warning in warnings
+    ]
     return ScoreResult(
         slices=slice_rows,
         volumes=volume_rows,
@@ -284,6 +289,11 @@ def score(
 ) -> ScoreResult:
     """Score a folder (or a file, or in-memory volumes) of synthetic scans against a bank."""
     check_alpha(alpha)
+    options = ReadOptions(  # validates stride (0 is an error, not 1)
+        axis=bank.settings.axis,
+        stride=1 if stride is None else stride,
+        min_foreground=bank.settings.min_foreground,
+    )
     # The encoder first: a wrong checkpoint is reported before any folder is scanned.
     extractor = extractor or load_scorer(bank, checkpoint, device, batch_size)
     skipped: list[SkippedInput] = []
@@ -291,11 +301,6 @@ def score(
         sources, skipped = find_scans_required(inputs)
     else:
         sources = list(inputs)
-    options = ReadOptions(
-        axis=bank.settings.axis,
-        stride=stride or 1,
-        min_foreground=bank.settings.min_foreground,
-    )
     queries = extract_features(
         sources,
         extractor,
