@@ -244,7 +244,7 @@ class FeatureBank:
                 }
             )
             manifest["files"] = file_digests(tmp)
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         self.path = str(path)
         self.manifest = manifest
         return path

@@ -65,7 +65,7 @@ def read_manifest(folder: Path) -> dict:
             raise BankError(f"Bank {folder} does not exist{unreachable_reason(folder)}.")
         raise BankError(f"{folder} is not a feature bank (no {MANIFEST_NAME} there).")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except PermissionError as exc:
         raise BankError(f"{path} cannot be read: permission denied.") from exc
     except (OSError, ValueError) as exc:

@@ -66,8 +66,9 @@ def _read(path: Path):
         raise CheckpointError(f"Checkpoint {path} cannot be read: {exc.strerror}.") from exc
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip, or pickle
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive or a "
-            "pickle; this file is neither). Give the MRI-CORE .pth file."
+            f"Checkpoint {path} could not be read as a PyTorch checkpoint: it is not one "
+            "(torch.save writes a zip archive or a pickle; this file is neither). Give the "
+            "MRI-CORE .pth file."
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

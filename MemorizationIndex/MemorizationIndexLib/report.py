@@ -44,7 +44,7 @@ TOP_COPIES_IN_REPORT = 12
 
 def write_csv(path: Path, rows: list[dict], required: tuple[str, ...]) -> None:
     columns = list(required) + [c for c in (rows[0].keys() if rows else []) if c not in required]
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -76,8 +76,10 @@ def write_report(
     with atomic_directory(out_dir, "report", inputs) as tmp:
         write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
         write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
-        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
-        (tmp / "report.html").write_text(render_html(result, bank))
+        (tmp / "summary.json").write_text(
+            json.dumps(result.summary, indent=2, default=str), encoding="utf-8"
+        )
+        (tmp / "report.html").write_text(render_html(result, bank), encoding="utf-8")
     return out_dir
 
 

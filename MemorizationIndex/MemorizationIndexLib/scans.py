@@ -14,11 +14,13 @@ coronal and sagittal with superior up.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import numbers
 import os
 import struct
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -283,6 +285,28 @@ def _single_dicom_source(path: str) -> ScanSource:
     return ScanSource(path=path, series_uid=uid, files=(path,))
 
 
+def _quietly(function):
+    """Run a reading function without ITK's and numpy's own warnings on stderr.
+
+    Whatever they would say that matters is reported by this module in words that name the
+    file (volume warnings, SkippedInput); the raw lines only confuse. ITK's switch is global,
+    so it is restored afterwards.
+    """
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return function(*args, **kwargs)
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+    return quiet
+
+
 def _check_root(root: str | os.PathLike) -> str:
     path = os.fspath(root)
     if not os.path.exists(path):
@@ -290,6 +314,7 @@ def _check_root(root: str | os.PathLike) -> str:
     return path
 
 
+@_quietly
 def find_scans(root: str | os.PathLike) -> tuple[list[ScanSource], list[SkippedInput]]:
     """Every readable volume under root (recursive, sorted), and every file that is not one.
 
@@ -482,6 +507,63 @@ def _nifti_truncation(path: str) -> str | None:
     return None
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _nifti_nonfinite(path: str) -> np.ndarray | None:
+    """Where the first 3D volume of a float NIfTI file holds NaN or infinity, as [z, y, x].
+
+    ITK's NIfTI reader silently turns NaN into 0, so a volume full of NaN would be read as
+    "constant" and NaN holes as black: read the raw voxels once more to find them. None for
+    files that are not float NIfTI-1/2 (their values cannot be NaN) or that cannot be read.
+    """
+    gz = path.lower().endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            head = fh.read(544)
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size == 348:
+                    dims = struct.unpack(endian + "8h", head[40:56])
+                    code = struct.unpack(endian + "h", head[70:72])[0]
+                    offset = int(struct.unpack(endian + "f", head[108:112])[0])
+                    break
+                if size == 540:
+                    code = struct.unpack(endian + "h", head[12:14])[0]
+                    dims = struct.unpack(endian + "8q", head[16:80])
+                    offset = int(struct.unpack(endian + "q", head[168:176])[0])
+                    break
+            else:
+                return None
+            if code not in _NIFTI_FLOATS or dims[0] < 3:
+                return None
+            nx, ny, nz = dims[1:4]
+            fh.seek(offset)
+            dtype = np.dtype(endian + _NIFTI_FLOATS[code])
+            raw = fh.read(nx * ny * nz * dtype.itemsize)
+    except (OSError, EOFError, struct.error, ValueError):
+        return None
+    if len(raw) < nx * ny * nz * dtype.itemsize:
+        return None
+    values = np.frombuffer(raw, dtype=dtype).reshape(nz, ny, nx)
+    bad = ~np.isfinite(values)
+    return bad if bad.any() else None
+
+
+def _with_nonfinite_restored(path: str, image: sitk.Image) -> sitk.Image:
+    """Put back the NaN ITK's NIfTI reader turned into 0, so reading reports them."""
+    bad = _nifti_nonfinite(path)
+    if bad is None or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    if values.shape != bad.shape:
+        return image
+    values[bad] = np.nan
+    restored = sitk.GetImageFromArray(values)
+    restored.CopyInformation(image)
+    return restored
+
+
 def _read_file(path: str) -> sitk.Image:
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist or is not a file{unreachable_reason(path)}.")
@@ -500,9 +582,12 @@ def _read_file(path: str) -> sitk.Image:
                     f"{path} could not be read: its data file {name} is missing next to it."
                 )
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as exc:
         raise InputError(f"{path} could not be read: {_reader_reason(exc)}.") from exc
+    if _suffix_in(path, (".nii", ".nii.gz")):
+        image = _with_nonfinite_restored(path, image)
+    return image
 
 
 def _series_files(source: ScanSource) -> tuple[str, ...]:
@@ -643,6 +728,7 @@ def _is_dicom_source(source: ScanSource) -> bool:
     )
 
 
+@_quietly
 def read_scan_reporting(
     source: ScanSource, options: ReadOptions = ReadOptions()
 ) -> tuple[ScanVolume, list[SkippedInput]]:
@@ -719,6 +805,7 @@ def _iterate(
 # --------------------------------------------------------------------------- canonical slices
 
 
+@_quietly
 def scan_from_image(
     image: sitk.Image,
     source: str,
