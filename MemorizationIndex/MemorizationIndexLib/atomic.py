@@ -39,7 +39,7 @@ _RENAME_EXCHANGE = 2
 def read_marker(folder: Path) -> dict | None:
     """The marker of a folder this tool wrote, or None."""
     try:
-        marker = json.loads((folder / MARKER_NAME).read_text())
+        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if isinstance(marker, dict) and marker.get("written_by") == "memorization-index":
@@ -51,7 +51,7 @@ def write_marker(folder: Path, kind: str) -> None:
     from . import __version__
 
     text = json.dumps({"written_by": "memorization-index", "kind": kind, "version": __version__})
-    (folder / MARKER_NAME).write_text(text + "\n")
+    (folder / MARKER_NAME).write_text(text + "\n", encoding="utf-8")
 
 
 def _is_within(path: Path, folder: Path) -> bool:

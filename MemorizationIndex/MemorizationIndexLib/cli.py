@@ -225,6 +225,9 @@ def _build_bank(args, job: Job) -> int:
     )
     for s in m.get("skipped", []):
         print(f"  skipped {s['path']}: {s['reason']}")
+    for volume_warnings in m.get("warnings", {}).values():
+        for warning in volume_warnings:
+            print(f"  warning: {warning}")
     c = bank.null.summary()
     print(
         f"Null: {c['n_null_slices']} held-out slices, similarity median {c['null_median']:.4f}, "
@@ -268,6 +271,8 @@ def print_verdicts(result) -> None:
     )
     for sk in result.skipped:
         print(f"  skipped {sk.path}: {sk.reason}")
+    for w in s.get("warnings", []):
+        print(f"  warning: {w['warning']}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,12 @@ def bank_from_features(
 ) -> FeatureBank:
     """Calibrate by volume, fit the index on all training slices, and assemble the bank."""
     if len(train) == 0:
-        raise InputError("No usable training slices were found, so no bank can be built.")
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
+        more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
+        raise InputError(
+            "No usable training slices were found, so no bank can be built"
+            + (f". Every input was skipped: {reasons}{more}." if reasons else ".")
+        )
     if len(train.volumes) < 2:
         raise InputError(
             f"Only {len(train.volumes)} usable training volume was found; at least 2 are "

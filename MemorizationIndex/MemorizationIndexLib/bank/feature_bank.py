@@ -21,12 +21,23 @@ from ..calibration.combination import Combination
 from ..calibration.null import NullModel
 from ..encoding.encoder import Encoder
 from ..encoding.features import FeatureSet
-from ..errors import BankError
+from ..errors import BankError, SettingsError
 from ..job import Step
 from ..scans import SliceInfo
 from ..search.index import QuerySlices, SliceIndex, StageResult
 from ..search.verification import VERIFIER_VERSION
 from ..search.whitening import Whitener
+from .files import (
+    MANIFEST_NAME,
+    file_digests,
+    fspath_list,
+    load_array,
+    load_npz,
+    read_manifest,
+    require_field,
+    same_length,
+    verify_digests,
+)
 from .settings import BankSettings
 
 BANK_FORMAT = "memorization-index-bank"
@@ -158,56 +169,41 @@ class FeatureBank:
                     "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
                 }
             )
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            manifest["files"] = file_digests(tmp)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         self.path = str(path)
         self.manifest = manifest
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureBank:
-        """A bank saved by `save` (BankError when the folder is not one, or damaged)."""
+        """A bank saved by `save` (BankError naming the file when the folder is not one, is
+        damaged, was changed after it was written, or mixes files of two builds)."""
         path = Path(path)
         manifest = _read_manifest(path)
-        settings = BankSettings.from_dict(manifest["settings"])
-
-        def arr(name):
-            file = path / name
-            try:
-                return np.load(file, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BankError(f"Bank file {file} is missing or damaged ({exc}).") from exc
-
-        whiteners, vectors = [], []
-        for layer in settings.layers:
-            whiteners.append(
-                Whitener(
-                    arr(f"whitening_layer{layer}_mean.npy"),
-                    arr(f"whitening_layer{layer}_matrix.npy"),
-                    float(manifest.get("shrinkage", {}).get(str(layer), 0.0)),
-                )
-            )
-            vectors.append(np.ascontiguousarray(arr(f"features_layer{layer}.npy"), np.float32))
-        volume_ids = arr("slice_volume_ids.npy")
-        n = len(volume_ids)
-        slice_indices = arr("slice_indices.npy")
-        if any(len(v) != n for v in vectors) or len(slice_indices) != n:
-            raise BankError(f"Bank {path} is inconsistent: its arrays disagree on the slice count.")
+        where = str(path / MANIFEST_NAME)
+        try:
+            settings = BankSettings.from_dict(require_field(manifest, "settings", dict, where))
+        except (TypeError, ValueError, SettingsError) as exc:
+            raise BankError(f"{where} field 'settings' is not valid ({exc}).") from exc
+        encoder_info = require_field(manifest, "encoder", dict, where)
+        volumes = fspath_list(require_field(manifest, "volumes", list, where), where)
+        verify_digests(path, require_field(manifest, "files", dict, where))
+        arrays = _load_arrays(path, settings, manifest, len(volumes))
         index = settings.slice_index().set_fitted(
-            whiteners, vectors, volume_ids, arr("thumbnails.npy")
+            arrays["whiteners"], arrays["vectors"], arrays["volume_ids"], arrays["thumbnails"]
         )
-        null_arrays = arr("null.npz")
-        stages = dict(arr("null_stages.npz")) if settings.verify else {}
         return cls(
             settings=settings,
-            encoder_info=manifest["encoder"],
+            encoder_info=encoder_info,
             index=index,
-            slice_indices=slice_indices,
-            positions=arr("slice_positions.npy"),
-            volumes=[v["path"] for v in manifest["volumes"]],
-            series_uids=[v.get("series_uid", "") for v in manifest["volumes"]],
-            thumbnail_mm=arr("thumbnail_mm.npy"),
-            null=NullModel.from_arrays({k: null_arrays[k] for k in null_arrays.files}),
-            combination=Combination.from_arrays(settings.verify, stages),
+            slice_indices=arrays["slice_indices"],
+            positions=arrays["positions"],
+            volumes=volumes,
+            series_uids=[str(v.get("series_uid", "")) for v in manifest["volumes"]],
+            thumbnail_mm=arrays["thumbnail_mm"],
+            null=arrays["null"],
+            combination=arrays["combination"],
             manifest=manifest,
             path=str(path),
         )
@@ -241,15 +237,60 @@ def _normal(value):
     return value
 
 
+def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: int) -> dict:
+    """Every array of a bank, each checked for type and shape against the others."""
+    whiteners, vectors = [], []
+    for layer in settings.layers:
+        features = load_array(path, f"features_layer{layer}.npy", "f", (-1, None))
+        dim = features.shape[1]
+        mean = load_array(path, f"whitening_layer{layer}_mean.npy", "f", (dim,))
+        matrix = load_array(path, f"whitening_layer{layer}_matrix.npy", "f", (dim, dim))
+        shrinkage = manifest.get("shrinkage", {})
+        whiteners.append(Whitener(mean, matrix, float(shrinkage.get(str(layer), 0.0))))
+        vectors.append(np.ascontiguousarray(features, np.float32))
+    size = settings.thumbnail_size
+    per_slice = {
+        "slice_volume_ids.npy": load_array(path, "slice_volume_ids.npy", "iu", (-1,)),
+        "slice_indices.npy": load_array(path, "slice_indices.npy", "iu", (-1,)),
+        "slice_positions.npy": load_array(path, "slice_positions.npy", "f", (-1, 3)),
+        "thumbnails.npy": load_array(path, "thumbnails.npy", "u", (-1, size, size)),
+        "thumbnail_mm.npy": load_array(path, "thumbnail_mm.npy", "f", (-1,)),
+    }
+    layer_files = {
+        f"features_layer{k}.npy": v for k, v in zip(settings.layers, vectors, strict=True)
+    }
+    ids = per_slice["slice_volume_ids.npy"]
+    same_length({**per_slice, **layer_files}, len(ids), path)
+    if len(ids) and (ids.min() < 0 or ids.max() >= n_volumes):
+        raise BankError(
+            f"Bank file {path / 'slice_volume_ids.npy'} names volumes the manifest does not "
+            "list. Rebuild the bank."
+        )
+    null_keys = tuple(NullModel.__dataclass_fields__)
+    stage_keys = tuple(f"stage{i}_{k}" for i in (1, 2) for k in null_keys)
+    try:
+        null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
+        stages = load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {}
+        combination = Combination.from_arrays(settings.verify, stages)
+    except (TypeError, ValueError) as exc:
+        raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
+    return {
+        "whiteners": whiteners,
+        "vectors": vectors,
+        "volume_ids": ids,
+        "slice_indices": per_slice["slice_indices.npy"],
+        "positions": per_slice["slice_positions.npy"],
+        "thumbnails": per_slice["thumbnails.npy"],
+        "thumbnail_mm": per_slice["thumbnail_mm.npy"],
+        "null": null,
+        "combination": combination,
+    }
+
+
 def _read_manifest(path: Path) -> dict:
     """The manifest of a bank folder, checked for format, version and verifier version."""
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise BankError(f"{path} is not a feature bank (no manifest.json there).")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BankError(f"{manifest_path} cannot be read as JSON: {exc}.") from exc
+    manifest_path = path / MANIFEST_NAME
+    manifest = read_manifest(path)
     if manifest.get("format") != BANK_FORMAT:
         raise BankError(f"{manifest_path} is not a MemorizationIndex bank manifest.")
     if manifest.get("format_version") != BANK_FORMAT_VERSION:
@@ -258,7 +299,9 @@ def _read_manifest(path: Path) -> dict:
             f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
         )
     built_with = manifest.get("verifier_version", 1)
-    if manifest.get("settings", {}).get("verify", True) and built_with != VERIFIER_VERSION:
+    settings = manifest.get("settings")
+    verify = settings.get("verify", True) if isinstance(settings, dict) else True
+    if verify and built_with != VERIFIER_VERSION:
         raise BankError(
             f"{path} was calibrated with stage-2 verification version {built_with}; this "
             f"version of MemorizationIndex verifies differently (version "

@@ -72,6 +72,13 @@ class BankSettings:
             raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
         if self.denoise_sigma < 0:
             raise SettingsError(f"--denoise-sigma must be >= 0 (got {self.denoise_sigma}).")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SettingsError(f"--seed must be a whole number >= 0 (got {self.seed!r}).")
+        if self.image_size < 16 or self.thumbnail_size < 16:
+            raise SettingsError(
+                f"--image-size must be at least 16 pixels, the encoder's patch (got "
+                f"{self.image_size})."
+            )
         if self.null_max_slices < 100:
             raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
         self.read_options()  # validates axis, stride, min_foreground

@@ -37,7 +37,9 @@ def run_demo(
     out = prepare_marked_folder(out, "demo")
     print(f"Making the example cohort from nilearn's MNI152 T1 in {out / 'cohort'} ...")
     members = make_cohort(out / "cohort")
-    (out / "cohort" / "truth.json").write_text(json.dumps([asdict(m) for m in members], indent=2))
+    (out / "cohort" / "truth.json").write_text(
+        json.dumps([asdict(m) for m in members], indent=2), encoding="utf-8"
+    )
     settings = BankSettings(image_size=image_size, stride=DEMO_STRIDE)
     encoder = settings.encoder(checkpoint, device=device, batch_size=batch_size)
     bank = build_bank(out / "cohort" / "train", out / "bank", settings, encoder, job)

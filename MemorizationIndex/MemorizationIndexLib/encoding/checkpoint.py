@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, unreachable_reason
 from .vit import EncoderConfig, MRICoreEncoder
 
 # Where the encoder's state dict sits in the pickle, in order of preference.
@@ -55,10 +55,21 @@ def load_mricore_state_dict(
 
 def _read(path: Path):
     """torch.load on the CPU with weights_only, every failure a CheckpointError naming the file."""
-    if not path.exists():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if not os.path.exists(path):
+        raise CheckpointError(f"Checkpoint {path} does not exist{unreachable_reason(path)}.")
     if path.is_dir():
         raise CheckpointError(f"Checkpoint {path} is a folder; give the checkpoint file itself.")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"Checkpoint {path} cannot be read: {exc.strerror}.") from exc
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip, or pickle
+        raise CheckpointError(
+            f"Checkpoint {path} could not be read as a PyTorch checkpoint: it is not one "
+            "(torch.save writes a zip archive or a pickle; this file is neither). Give the "
+            "MRI-CORE .pth file."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (KeyError, EOFError, ...)

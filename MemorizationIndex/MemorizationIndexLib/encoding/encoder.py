@@ -19,7 +19,7 @@ import torch
 from ..errors import SettingsError
 from ..job import Step
 from .checkpoint import load_mricore_state_dict
-from .preprocessing import PreprocessSpec, prepare_slices
+from .preprocessing import NO_BOUNDS, PreprocessSpec, prepare_slices
 from .vit import EncoderConfig, MRICoreEncoder
 
 
@@ -193,7 +193,10 @@ class Encoder:
         pixel_spacing: tuple[float, float],
         flip: str = "none",
         progress: Step | None = None,
+        bounds: tuple[float, float] = NO_BOUNDS,
     ) -> list[np.ndarray]:
         """Raw slices [n, rows, cols] (pixel_spacing in mm: row, column) seen through a
-        flip -> one float32 [n, D] array per requested layer."""
-        return self.encode(prepare_slices(slices, pixel_spacing, self.spec, flip), progress)
+        flip -> one float32 [n, D] array per requested layer. Values outside `bounds` (the
+        volume's outlier voxels, ScanVolume.intensity_bounds) do not set the intensity range."""
+        batch = prepare_slices(slices, pixel_spacing, self.spec, flip, bounds)
+        return self.encode(batch, progress)

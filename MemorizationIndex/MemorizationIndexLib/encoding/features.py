@@ -94,7 +94,9 @@ class _Collector:
         self.names.append(volume.source)
         self.uids.append(volume.series_uid)
         self.warnings.append(list(volume.warnings))
-        self.thumbs.append(thumbnails(volume.slices, volume.pixel_spacing, size))
+        self.thumbs.append(
+            thumbnails(volume.slices, volume.pixel_spacing, size, volume.intensity_bounds)
+        )
         rows_mm = volume.slices.shape[1] * volume.pixel_spacing[0]
         cols_mm = volume.slices.shape[2] * volume.pixel_spacing[1]
         self.thumb_mm.append(np.full(len(volume), max(rows_mm, cols_mm) / size))
@@ -138,8 +140,9 @@ def _encode_volume(
 ):
     """(identity features, {flip: features of `rows`}); each view is 1/views of the step."""
     views = 1 + len(extra_flips)
+    bounds = volume.intensity_bounds
     features = encoder.encode_slices(
-        volume.slices, volume.pixel_spacing, progress=step.part(0.0, 1.0 / views)
+        volume.slices, volume.pixel_spacing, progress=step.part(0.0, 1.0 / views), bounds=bounds
     )
     flipped = {}
     for view, flip in enumerate(extra_flips, start=1):
@@ -149,6 +152,7 @@ def _encode_volume(
             volume.pixel_spacing,
             flip,
             progress=step.part(view / views, 1.0 / views),
+            bounds=bounds,
         )
     return features, flipped
 

@@ -30,7 +30,7 @@ class PreprocessSpec:
     """Everything that changes what the encoder sees; stored in the bank to refuse mismatches."""
 
     image_size: int = 224
-    intensity: str = "min-max per slice"
+    intensity: str = "min-max per slice, volume outliers excluded"
     channels: int = 3
     normalisation: str = "ImageNet mean/std"
     aspect: str = "physical aspect kept, centred on a zero canvas"
@@ -40,13 +40,22 @@ class PreprocessSpec:
         return asdict(self)
 
 
-def min_max(slice_2d: np.ndarray) -> np.ndarray:
-    """Scale one slice to [0, 1]; a constant slice becomes zeros."""
-    lo = float(np.min(slice_2d))
-    hi = float(np.max(slice_2d))
+NO_BOUNDS = (-np.inf, np.inf)
+
+
+def min_max(slice_2d: np.ndarray, bounds: tuple[float, float] = NO_BOUNDS) -> np.ndarray:
+    """Scale one slice to [0, 1] by the min and max of its values inside `bounds`.
+
+    Values outside `bounds` (the volume's outliers, see scans.ScanVolume.intensity_bounds)
+    do not set the range and are clipped; a constant slice becomes zeros.
+    """
+    inliers = slice_2d[(slice_2d >= bounds[0]) & (slice_2d <= bounds[1])]
+    if inliers.size == 0:
+        return np.zeros_like(slice_2d, dtype=np.float32)
+    lo, hi = float(inliers.min()), float(inliers.max())
     if hi <= lo:
         return np.zeros_like(slice_2d, dtype=np.float32)
-    return ((slice_2d - lo) / (hi - lo)).astype(np.float32)
+    return np.clip((slice_2d - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def fit_to_grid(slices: np.ndarray, pixel_spacing: tuple[float, float], size: int) -> torch.Tensor:
@@ -81,9 +90,10 @@ def prepare_slices(
     pixel_spacing: tuple[float, float],
     spec: PreprocessSpec,
     flip: str = "none",
+    bounds: tuple[float, float] = NO_BOUNDS,
 ) -> torch.Tensor:
     """The whole chain for a stack of raw slices: [n, rows, cols] -> [n, 3, S, S]."""
-    scaled = np.stack([min_max(s) for s in slices]) if len(slices) else slices
+    scaled = np.stack([min_max(s, bounds) for s in slices]) if len(slices) else slices
     if spec.denoise_sigma > 0 and len(slices):
         scaled = ndimage.gaussian_filter(scaled, sigma=(0, spec.denoise_sigma, spec.denoise_sigma))
     if flip_axes(flip):
@@ -91,10 +101,15 @@ def prepare_slices(
     return to_encoder_input(fit_to_grid(scaled, pixel_spacing, spec.image_size))
 
 
-def thumbnails(slices: np.ndarray, pixel_spacing: tuple[float, float], size: int) -> np.ndarray:
+def thumbnails(
+    slices: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    size: int,
+    bounds: tuple[float, float] = NO_BOUNDS,
+) -> np.ndarray:
     """Small uint8 copies of slices (min-max scaled, aspect kept) for reports and checks."""
     if len(slices) == 0:
         return np.zeros((0, size, size), dtype=np.uint8)
-    scaled = np.stack([min_max(s) for s in slices])
+    scaled = np.stack([min_max(s, bounds) for s in slices])
     canvas = fit_to_grid(scaled, pixel_spacing, size).numpy()
     return np.round(canvas * 255.0).astype(np.uint8)

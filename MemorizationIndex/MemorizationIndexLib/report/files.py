@@ -29,11 +29,14 @@ def write_csv(
 ) -> None:
     rows = [r.as_row() for r in results]
     columns = list(required) + [c for c in (rows[0].keys() if rows else []) if c not in required]
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_value(v):
@@ -41,6 +44,8 @@ def _csv_value(v):
         return int(v)
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.3e}"
+    if isinstance(v, str) and v.startswith(FORMULA_STARTS):
+        return "'" + v  # a spreadsheet would run it as a formula (file names come from users)
     return v
 
 
@@ -56,6 +61,8 @@ def write_report(
     with atomic_directory(out_dir, "report", inputs) as tmp:
         write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
         write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
-        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
-        (tmp / "report.html").write_text(render_html(result, bank))
+        (tmp / "summary.json").write_text(
+            json.dumps(result.summary, indent=2, default=str), encoding="utf-8"
+        )
+        (tmp / "report.html").write_text(render_html(result, bank), encoding="utf-8")
     return out_dir

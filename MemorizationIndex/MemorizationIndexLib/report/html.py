@@ -131,6 +131,10 @@ def render_html(result: ScoreResult, bank: FeatureBank) -> str:
     skipped = "".join(
         f"<li><code>{esc(x['path'])}</code>: {esc(x['reason'])}</li>" for x in s["skipped"]
     )
+    warned = "".join(
+        f"<li><code>{esc(w['volume'])}</code>: {esc(w['warning'])}</li>"
+        for w in s.get("warnings", [])
+    )
     encoder_note = _encoder_note(s)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Memorization Index report</title>
@@ -158,6 +162,8 @@ Mean MI {s["mean_mi"]:.3f}.</p>
 MI = the null's CDF at a slice's similarity (upper tail: generalised Pareto fit).</p>
 <h2>Top suspected copies</h2>
 {"".join(cards)}
+<h2>Warnings</h2>
+<ul>{warned or "<li>none</li>"}</ul>
 <h2>Skipped inputs</h2>
 <ul>{skipped or "<li>none</li>"}</ul>
 </body></html>

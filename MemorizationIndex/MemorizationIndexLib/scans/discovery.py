@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import InputError
+from ..errors import InputError, unreachable_reason
 from .dicom import dicom_folder, is_dicom_file, single_dicom_source
 from .sources import (
     DATA_SUFFIXES,
@@ -17,6 +17,7 @@ from .sources import (
     VOLUME_SUFFIXES,
     ScanSource,
     SkippedInput,
+    quietly,
     stem,
     suffix_in,
 )
@@ -85,10 +86,11 @@ def claimed_data_files(dirpath: str, names: list[str]) -> set[str]:
 def _check_root(root: str | os.PathLike) -> str:
     path = os.fspath(root)
     if not os.path.exists(path):
-        raise InputError(f"{path} does not exist.")
+        raise InputError(f"{path} does not exist{unreachable_reason(path)}.")
     return path
 
 
+@quietly
 def find_scans(root: str | os.PathLike) -> tuple[list[ScanSource], list[SkippedInput]]:
     """Every readable volume under root (recursive, sorted), and every file that is not one.
 

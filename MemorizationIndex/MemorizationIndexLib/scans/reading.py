@@ -14,13 +14,14 @@ import struct
 import zlib
 from collections.abc import Iterator
 
+import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, unreachable_reason
 from .dicom import is_dicom_file, is_dicom_source, read_dicom, single_dicom_source
 from .discovery import find_scans, header_data_files
 from .slicing import ReadOptions, canonical_volume
-from .sources import ScanSource, ScanVolume, SkippedInput, reader_reason, suffix_in
+from .sources import ScanSource, ScanVolume, SkippedInput, quietly, reader_reason, suffix_in
 
 
 def _nifti_layout(head: bytes) -> tuple[int, int] | None:
@@ -103,9 +104,68 @@ def _nifti_truncation(path: str) -> str | None:
     return None
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _nifti_nonfinite(path: str) -> np.ndarray | None:
+    """Where the first 3D volume of a float NIfTI file holds NaN or infinity, as [z, y, x].
+
+    ITK's NIfTI reader silently turns NaN into 0, so a volume full of NaN would be read as
+    "constant" and NaN holes as black: read the raw voxels once more to find them. None for
+    files that are not float NIfTI-1/2 (their values cannot be NaN) or that cannot be read.
+    """
+    gz = path.lower().endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            head = fh.read(544)
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size == 348:
+                    dims = struct.unpack(endian + "8h", head[40:56])
+                    code = struct.unpack(endian + "h", head[70:72])[0]
+                    offset = int(struct.unpack(endian + "f", head[108:112])[0])
+                    break
+                if size == 540:
+                    code = struct.unpack(endian + "h", head[12:14])[0]
+                    dims = struct.unpack(endian + "8q", head[16:80])
+                    offset = int(struct.unpack(endian + "q", head[168:176])[0])
+                    break
+            else:
+                return None
+            if code not in _NIFTI_FLOATS or dims[0] < 3:
+                return None
+            nx, ny, nz = dims[1:4]
+            fh.seek(offset)
+            dtype = np.dtype(endian + _NIFTI_FLOATS[code])
+            raw = fh.read(nx * ny * nz * dtype.itemsize)
+    except (OSError, EOFError, struct.error, ValueError):
+        return None
+    if len(raw) < nx * ny * nz * dtype.itemsize:
+        return None
+    values = np.frombuffer(raw, dtype=dtype).reshape(nz, ny, nx)
+    bad = ~np.isfinite(values)
+    return bad if bad.any() else None
+
+
+def _with_nonfinite_restored(path: str, image: sitk.Image) -> sitk.Image:
+    """Put back the NaN ITK's NIfTI reader turned into 0, so reading reports them."""
+    bad = _nifti_nonfinite(path)
+    if bad is None or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    if values.shape != bad.shape:
+        return image
+    values[bad] = np.nan
+    restored = sitk.GetImageFromArray(values)
+    restored.CopyInformation(image)
+    return restored
+
+
 def _read_file(path: str) -> sitk.Image:
     if not os.path.isfile(path):
-        raise InputError(f"{path} does not exist or is not a file.")
+        raise InputError(f"{path} does not exist or is not a file{unreachable_reason(path)}.")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path} cannot be read: permission denied.")
     if suffix_in(path, (".nii", ".nii.gz", ".hdr")):
         problem = _nifti_truncation(path)
         if problem:
@@ -119,11 +179,15 @@ def _read_file(path: str) -> sitk.Image:
                     f"{path} could not be read: its data file {name} is missing next to it."
                 )
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as exc:
         raise InputError(f"{path} could not be read: {reader_reason(exc)}.") from exc
+    if suffix_in(path, (".nii", ".nii.gz")):
+        image = _with_nonfinite_restored(path, image)
+    return image
 
 
+@quietly
 def read_scan_reporting(
     source: ScanSource, options: ReadOptions | None = None
 ) -> tuple[ScanVolume, list[SkippedInput]]:
@@ -133,7 +197,7 @@ def read_scan_reporting(
     dropped files the way iter_scans does.
     """
     if not os.path.exists(source.path) and not source.files:
-        raise InputError(f"{source.path} does not exist.")
+        raise InputError(f"{source.path} does not exist{unreachable_reason(source.path)}.")
     if is_dicom_source(source):
         image, warnings, skipped = read_dicom(source)
     else:

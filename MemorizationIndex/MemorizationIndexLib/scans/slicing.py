@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, SettingsError
-from .sources import ScanVolume, reader_reason
+from .sources import ScanVolume, quietly, reader_reason
 
 # Slice-level foreground: a voxel is foreground above BACKGROUND_LEVEL of the way from the
 # volume's 1st to its 99th intensity percentile; a slice is kept when at least
@@ -70,6 +70,7 @@ class ReadOptions:
             )
 
 
+@quietly
 def scan_from_image(
     image: sitk.Image,
     source: str,
@@ -166,6 +167,32 @@ def _finite(image: sitk.Image, name: str, warnings: list[str]) -> sitk.Image:
     return canonical
 
 
+OUTLIER_PERCENTILES = (0.5, 99.5)  # the volume's robust intensity range...
+OUTLIER_REACH = 10.0  # ...and how many such ranges beyond it an outlier lies: no MR tissue is
+# ten times brighter than the 99.5th percentile; overflow and rescaling errors are orders off
+
+
+def _inlier_bounds(values: np.ndarray, name: str, warnings: list[str]) -> tuple[float, float]:
+    """The range outside which voxels are outliers (hot voxels), with a warning if any are.
+
+    Generative models emit hot voxels; one voxel of 1e6 in a slice would otherwise set that
+    slice's min-max range and squash the anatomy to black, so an exact copy looked novel.
+    Outliers lie more than OUTLIER_REACH robust ranges (0.5th to 99.5th percentile) beyond
+    that range. A normal scan has none, and its slices are scaled exactly as before.
+    """
+    low_p, high_p = (float(v) for v in np.percentile(values, OUTLIER_PERCENTILES))
+    reach = OUTLIER_REACH * (high_p - low_p)
+    low, high = low_p - reach, high_p + reach
+    n = int(np.count_nonzero((values < low) | (values > high)))
+    if n:
+        warnings.append(
+            f"{name} has {n} voxel(s) far outside its intensity range ({low_p:.4g} to "
+            f"{high_p:.4g} between the 0.5th and 99.5th percentiles); they are left out "
+            "of the intensity scaling (hot voxels would otherwise hide the anatomy)."
+        )
+    return low, high
+
+
 def _kept_slices(values: np.ndarray, axis: int, options: ReadOptions, name: str) -> np.ndarray:
     """Indices along `axis` of the foreground slices whose index is a multiple of stride."""
     p1, p99 = np.percentile(values, [1, 99])
@@ -232,6 +259,7 @@ def canonical_volume(
         )
     image = _finite(image, name, warnings)
     values = sitk.GetArrayViewFromImage(image)  # [z, y, x]
+    bounds = _inlier_bounds(values, name, warnings)
     kept = _kept_slices(values, axis, options, name)
     slices, positions, spacing = _cut(image, values, kept, axis)
     return ScanVolume(
@@ -244,4 +272,5 @@ def canonical_volume(
         n_total_slices=int(values.shape[axis]),
         warnings=warnings,
         image=image,
+        intensity_bounds=bounds,
     )

@@ -4,6 +4,8 @@ short clause."""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +71,8 @@ class ScanVolume:
     n_total_slices: int
     warnings: list[str] = field(default_factory=list)
     image: sitk.Image | None = None  # canonical float32 3D image; may be dropped to save memory
+    # Values outside these are outliers (hot voxels), left out of every intensity range.
+    intensity_bounds: tuple[float, float] = (-np.inf, np.inf)
 
     def slice_infos(self) -> list[SliceInfo]:
         return [
@@ -131,3 +135,25 @@ def reader_reason(exc: BaseException) -> str:
         reason = "its slices do not all have the same size"
     reason = reason.rstrip(". ")
     return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def quietly(function):
+    """Run a reading function without ITK's and numpy's own warnings on stderr.
+
+    Whatever they would say that matters is reported by this module in words that name the
+    file (volume warnings, SkippedInput); the raw lines only confuse. ITK's switch is global,
+    so it is restored afterwards.
+    """
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return function(*args, **kwargs)
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+    return quiet

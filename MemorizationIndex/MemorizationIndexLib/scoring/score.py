@@ -190,6 +190,11 @@ def score_features(
     summary = dataset_summary(bank, slices, volumes, alpha, calibrated[3])
     skipped = list(skipped or []) + list(queries.skipped)
     summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    summary["warnings"] = [
+        {"volume": volume, "warning": warning}
+        for volume, warnings in zip(queries.volumes, queries.volume_warnings, strict=True)
+        for warning in warnings
+    ]
     return ScoreResult(
         slices=slices,
         volumes=volumes,
@@ -260,6 +265,11 @@ def score(
     and Cancel.
     """
     check_alpha(alpha)
+    options = ReadOptions(  # validates stride (0 is an error, not 1) before any work
+        axis=bank.settings.axis,
+        stride=1 if stride is None else stride,
+        min_foreground=bank.settings.min_foreground,
+    )
     # The encoder first: a wrong checkpoint is reported before any folder is scanned.
     encoder = encoder or bank.load_encoder()
     skipped: list[SkippedInput] = []
@@ -267,11 +277,6 @@ def score(
         sources, skipped = find_scans_required(inputs)
     else:
         sources = list(inputs)
-    options = ReadOptions(
-        axis=bank.settings.axis,
-        stride=stride or 1,
-        min_foreground=bank.settings.min_foreground,
-    )
     queries = extract_features(
         sources,
         encoder,
