@@ -47,7 +47,14 @@ def run_demo(
     report_dir = write_report(result, bank, out / "report")
     if job is not None and hasattr(job.progress, "close"):
         job.progress.close()
+    _print_against_truth(result, bank, members)
+    print(f"{time.perf_counter() - started:.0f} s.")
+    print(f"Report: {report_dir / 'report.html'}")
+    return 0
 
+
+def _print_against_truth(result, bank, members) -> None:
+    """The verdict table of the synthetic set beside the cohort's ground truth."""
     truth = {m.path: m for m in members}
     print()
     print(f"Encoder: {bank.encoder_info['name']}")
@@ -68,19 +75,17 @@ def run_demo(
             false_alarms += v.flagged
             right = True
         print(
-            f"{Path(v['volume']).name:<22} {label:<24} {'COPY' if v.flagged else 'novel':<7} "
+            f"{Path(v.volume).name:<22} {label:<24} {'COPY' if v.flagged else 'novel':<7} "
             f"{v.mi:>10.6f} {v.oni:>+7.3f} {v.fraction_flagged:>7.2f} "
             f"{v.longest_run:>4}  {Path(v.match_volume).name}{'' if right else ' (wrong)'}"
         )
     print()
     print(
         f"Caught {caught} of {n_copies} copies; flagged {false_alarms} of {n_novel} novel "
-        f"subjects (alpha {result.alpha}). {time.perf_counter() - started:.0f} s."
+        f"subjects (alpha {result.alpha})."
     )
     if not bank.trained_encoder:
         print(
             "Note: this ran an UNTRAINED encoder (no MRI-CORE checkpoint given); pass "
             "--checkpoint PATH to use MRI-CORE."
         )
-    print(f"Report: {report_dir / 'report.html'}")
-    return 0
