@@ -87,8 +87,23 @@ def _out_option(p: argparse.ArgumentParser, what: str, default: str | None = Non
     )
 
 
+PRIVACY_NOTE = (
+    "Privacy: a bank holds a 64x64 image of every training slice, the paths of the training "
+    "files and their DICOM series UIDs (never patient names or IDs). --no-images keeps no "
+    "image (and turns stage-2 verification off, which compares those images): detection "
+    "then rests on the encoder's features alone, weaker on rotated, shifted and cropped "
+    "copies (see the README's benchmark tables, column 'stage 1'); the report names the "
+    "nearest training slice instead of showing it. Slicer's overlay reads the training "
+    "files themselves and works either way."
+)
+
+
 def _build_bank_parser(sub) -> None:
-    b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
+    b = sub.add_parser(
+        "build-bank",
+        help="encode training scans into a calibrated feature bank",
+        description="Encode training scans into a calibrated feature bank. " + PRIVACY_NOTE,
+    )
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
     _out_option(b, "bank folder to write")
     _encoder_options(b)
@@ -130,6 +145,19 @@ def _build_bank_parser(sub) -> None:
         help="Gaussian pre-filter in source pixels (0 = MRI-CORE's chain exactly)",
     )
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--subjects",
+        metavar="CSV",
+        help="grouping file with columns path,subject: volumes of one subject are held out "
+        "together in calibration (default: DICOM PatientID, BIDS sub-* folders, else one "
+        "subject per volume)",
+    )
+    b.add_argument(
+        "--no-images",
+        dest="store_images",
+        action="store_false",
+        help="keep no training image in the bank (implies --no-verify; see Privacy above)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,18 +232,19 @@ def _build_bank(args, job: Job) -> int:
         stride=args.stride,
         flips=args.flips,
         top_k=args.top_k,
-        verify=args.verify,
+        verify=args.verify and args.store_images,
         verify_k=args.verify_k,
         pixel_k=args.pixel_k,
         calibration_folds=args.calibration_folds,
         null_max_slices=args.null_max_slices,
         denoise_sigma=args.denoise_sigma,
         seed=args.seed,
+        store_images=args.store_images,
     )
     # The output is checked before the encoder is loaded (and again by build_bank).
-    check_output(args.out, "bank", (args.train_dir, args.checkpoint))
+    check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
-    bank = build_bank(args.train_dir, args.out, settings, encoder, job)
+    bank = build_bank(args.train_dir, args.out, settings, encoder, job, args.subjects)
     job.progress.close()
     m = bank.manifest
     print(f"Encoder: {bank.encoder_info['name']}")
@@ -228,6 +257,14 @@ def _build_bank(args, job: Job) -> int:
     for volume_warnings in m.get("warnings", {}).values():
         for warning in volume_warnings:
             print(f"  warning: {warning}")
+    print(f"Subjects: {m['n_subjects']} (from {', '.join(m['subjects_from'])})")
+    for d in m.get("duplicates", []):
+        print(f"  duplicate left out: {d['path']} is {d['how']} as {d['duplicate_of']}")
+    for d in m.get("near_duplicates", []):
+        print(
+            f"  near-duplicate: {d['volume']} matches {d['matches']} like a copy; the two are "
+            "held out together in calibration"
+        )
     c = bank.null.summary()
     print(
         f"Null: {c['n_null_slices']} held-out slices, similarity median {c['null_median']:.4f}, "

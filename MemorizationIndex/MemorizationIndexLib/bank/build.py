@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -21,21 +21,35 @@ from ..encoding.features import FeatureSet, extract_features
 from ..errors import InputError, SettingsError
 from ..job import Job
 from ..scans import find_scans_required
+from ..scans.subjects import read_grouping_file, split_duplicates, subject_of
 from ..search.index import QuerySlices
-from .feature_bank import FeatureBank
+from .feature_bank import FeatureBank, no_images
 from .settings import BankSettings
 
 CALIBRATION_STAGE = "Calibrating on held-out training volumes"
 
 
+@dataclass
+class NullSearch:
+    """What calibration found for each held-out training slice (rows of the FeatureSet)."""
+
+    s1: np.ndarray  # stage-1 similarity
+    s2: np.ndarray | None  # stage-2 aligned NCC (None without verification)
+    rows: np.ndarray  # the FeatureSet rows these belong to
+    matched_volume: np.ndarray  # training volume of each slice's match
+
+
 def cross_fitted_null(
-    train: FeatureSet, settings: BankSettings, job: Job | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    train: FeatureSet,
+    settings: BankSettings,
+    job: Job | None = None,
+    groups: np.ndarray | None = None,
+) -> NullSearch:
     """Stage scores of each held-out training slice against a SliceIndex of the others.
 
-    Every volume is held out once (settings.calibration_folds folds, split by volume).
-    With query flips the null uses the slices that were also encoded flipped.
-    Returns (stage-1 similarities, stage-2 scores or None, rows of `train`).
+    Every subject is held out once (settings.calibration_folds folds; `groups` numbers the
+    subject of each volume, default one subject per volume). With query flips the null
+    uses the slices that were also encoded flipped.
     """
     job = job or Job()
     if settings.flips != ("none",):
@@ -44,7 +58,9 @@ def cross_fitted_null(
         null_rows = np.arange(len(train))
     s1 = np.zeros(len(null_rows), np.float64)
     s2 = np.zeros(len(null_rows), np.float64) if settings.verify else None
-    for held_out in volume_folds(len(train.volumes), settings.calibration_folds, settings.seed):
+    matched = np.zeros(len(null_rows), np.int64)
+    folds = volume_folds(len(train.volumes), settings.calibration_folds, settings.seed, groups)
+    for held_out in folds:
         job.check()
         held = np.isin(train.volume_ids, held_out)
         in_bank = ~held
@@ -61,7 +77,55 @@ def cross_fitted_null(
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:
             s2[query_mask] = result.alignment.ncc
-    return s1, s2, null_rows
+        matched[query_mask] = train.volume_ids[np.flatnonzero(in_bank)[result.match_rows]]
+    return NullSearch(s1, s2, null_rows, matched)
+
+
+NEAR_DUPLICATE_SPREADS = 8.0  # robust spreads above the typical volume: no two subjects
+NEAR_DUPLICATE_SHARE = 0.5  # ...and this share of its slices matching the one other volume
+
+
+def near_duplicates(train: FeatureSet, null: NullSearch) -> list[tuple[int, int]]:
+    """Pairs (v, w) of training volumes where v's held-out slices match w like a copy.
+
+    A volume is judged against the other volumes' typical score: its median stage score
+    lies more than NEAR_DUPLICATE_SPREADS median absolute deviations above the median over
+    volumes (robust, so a few duplicates cannot hide each other), and most of its slices
+    match one other volume. No threshold on the score itself: it holds for any encoder.
+    """
+    volumes = train.volume_ids[null.rows]
+    scores = null.s2 if null.s2 is not None else null.s1
+    present = np.unique(volumes)
+    medians = np.array([np.median(scores[volumes == v]) for v in present])
+    centre = np.median(medians)
+    spread = max(float(np.median(np.abs(medians - centre))), 1e-6)
+    pairs = []
+    for v, median in zip(present, medians, strict=True):
+        if (median - centre) / spread <= NEAR_DUPLICATE_SPREADS:
+            continue
+        targets, counts = np.unique(null.matched_volume[volumes == v], return_counts=True)
+        best = int(np.argmax(counts))
+        if counts[best] >= NEAR_DUPLICATE_SHARE * counts.sum() and targets[best] != v:
+            pairs.append((int(v), int(targets[best])))
+    return pairs
+
+
+def subject_groups(train: FeatureSet, subjects: dict[tuple[str, str], str]) -> np.ndarray:
+    """A subject number per FeatureSet volume from {(path, series uid): subject key}."""
+    keys = [
+        subjects.get((v, u), f"volume:{v}:{u}")
+        for v, u in zip(train.volumes, train.series_uids, strict=True)
+    ]
+    numbers = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return np.array([numbers[k] for k in keys], np.int64)
+
+
+def merge_groups(groups: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """groups with the subjects of each pair of volumes made one."""
+    merged = groups.copy()
+    for v, w in pairs:
+        merged[merged == merged[w]] = merged[v]
+    return merged
 
 
 def bank_from_features(
@@ -70,8 +134,13 @@ def bank_from_features(
     info: EncoderInfo,
     job: Job | None = None,
     extra_manifest: dict | None = None,
+    subjects: dict[tuple[str, str], str] | None = None,
 ) -> FeatureBank:
-    """Calibrate by volume, fit the index on all training slices, and assemble the bank."""
+    """Calibrate by subject, fit the index on all training slices, and assemble the bank.
+
+    subjects: {(volume path, series uid): subject key}; volumes without one are their own
+    subject. Near-duplicate volumes found in the null are reported and held out together.
+    """
     if len(train) == 0:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
         more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
@@ -84,10 +153,16 @@ def bank_from_features(
             f"Only {len(train.volumes)} usable training volume was found; at least 2 are "
             "needed to calibrate (whole volumes are held out)."
         )
-    s1, s2, _ = cross_fitted_null(train, settings, job)
-    combination = Combination.fit(s1, s2)
-    null = NullModel.fit(combination.statistic_of(s1, s2))
-    index = settings.slice_index().fit(train.features, train.volume_ids, train.thumbnails)
+    groups = subject_groups(train, subjects or {})
+    found = cross_fitted_null(train, settings, job, groups)
+    pairs = near_duplicates(train, found)
+    if pairs:  # calibrate again with each such pair held out together
+        groups = merge_groups(groups, pairs)
+        found = cross_fitted_null(train, settings, job, groups)
+    combination = Combination.fit(found.s1, found.s2)
+    null = NullModel.fit(combination.statistic_of(found.s1, found.s2))
+    thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
+    index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "skipped": [asdict(s) for s in train.skipped],
@@ -97,6 +172,11 @@ def bank_from_features(
             if w
         },
         "untrained_encoder_notice": None if info.trained else info.name,
+        "subject_groups": groups.tolist(),
+        "n_subjects": int(len(np.unique(groups))),
+        "near_duplicates": [
+            {"volume": train.volumes[v], "matches": train.volumes[w]} for v, w in pairs
+        ],
     }
     manifest.update(extra_manifest or {})
     return FeatureBank(
@@ -136,15 +216,22 @@ def build_bank(
     settings: BankSettings | None = None,
     encoder: Encoder | None = None,
     job: Job | None = None,
+    grouping_file: str | os.PathLike | None = None,
 ) -> FeatureBank:
     """Training folder -> bank saved in out_dir. Unusable files are skipped and listed in
-    the manifest. encoder: from settings.encoder(checkpoint, ...) (default: untrained, for
-    testing only); job: progress and Cancel."""
+    the manifest; exact repeats (a second link to a file, the same bytes twice) are left out
+    and listed. encoder: from settings.encoder(checkpoint, ...) (default: untrained, for
+    testing only); job: progress and Cancel; grouping_file: CSV `path,subject` naming the
+    subject of each volume (else DICOM PatientID, BIDS sub-* folders, or one per volume)."""
     settings = settings or BankSettings()
     job = job or Job()
     inputs = (train_dir, encoder.info.checkpoint if encoder is not None else None)
-    check_output(out_dir, "bank", inputs)  # before hours of encoding, not after
+    check_output(out_dir, "bank", (*inputs, grouping_file))  # before hours of encoding
+    grouping = read_grouping_file(grouping_file) if grouping_file else None
     sources, skipped = find_scans_required(train_dir)
+    sources, duplicates = split_duplicates(sources)
+    root = os.fspath(train_dir)
+    found_subjects = {(s.path, s.series_uid): subject_of(s, root, grouping) for s in sources}
     encoder = encoder or settings.encoder()
     check_encoder(encoder, settings)
     train = extract_features(
@@ -159,9 +246,13 @@ def build_bank(
     )
     train.skipped = list(skipped) + train.skipped
     job.report(CALIBRATION_STAGE, 0, 1)
-    bank = bank_from_features(
-        train, settings, encoder.info, job, {"training_folder": os.fspath(train_dir)}
-    )
+    provenance = {
+        "training_folder": root,
+        "duplicates": [asdict(d) for d in duplicates],
+        "subjects_from": sorted({s.how for s in found_subjects.values()}),
+    }
+    subjects = {k: s.key for k, s in found_subjects.items()}
+    bank = bank_from_features(train, settings, encoder.info, job, provenance, subjects)
     job.report(CALIBRATION_STAGE, 1, 1)
     job.check()
     bank.save(out_dir, inputs)

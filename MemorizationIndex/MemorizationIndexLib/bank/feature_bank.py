@@ -140,7 +140,8 @@ class FeatureBank:
             np.save(tmp / "slice_volume_ids.npy", self.volume_ids.astype(np.int64))
             np.save(tmp / "slice_indices.npy", self.slice_indices.astype(np.int64))
             np.save(tmp / "slice_positions.npy", self.positions.astype(np.float64))
-            np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
+            if self.settings.store_images:
+                np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
             np.save(tmp / "thumbnail_mm.npy", self.thumbnail_mm.astype(np.float64))
             np.savez(tmp / "null.npz", **self.null.to_arrays())
             if self.combination.verify:
@@ -237,6 +238,11 @@ def _normal(value):
     return value
 
 
+def no_images(n: int) -> np.ndarray:
+    """The thumbnails of a bank built without images: n empty ones."""
+    return np.zeros((n, 0, 0), np.uint8)
+
+
 def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: int) -> dict:
     """Every array of a bank, each checked for type and shape against the others."""
     whiteners, vectors = [], []
@@ -253,9 +259,10 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "slice_volume_ids.npy": load_array(path, "slice_volume_ids.npy", "iu", (-1,)),
         "slice_indices.npy": load_array(path, "slice_indices.npy", "iu", (-1,)),
         "slice_positions.npy": load_array(path, "slice_positions.npy", "f", (-1, 3)),
-        "thumbnails.npy": load_array(path, "thumbnails.npy", "u", (-1, size, size)),
         "thumbnail_mm.npy": load_array(path, "thumbnail_mm.npy", "f", (-1,)),
     }
+    if settings.store_images:
+        per_slice["thumbnails.npy"] = load_array(path, "thumbnails.npy", "u", (-1, size, size))
     layer_files = {
         f"features_layer{k}.npy": v for k, v in zip(settings.layers, vectors, strict=True)
     }
@@ -280,7 +287,7 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "volume_ids": ids,
         "slice_indices": per_slice["slice_indices.npy"],
         "positions": per_slice["slice_positions.npy"],
-        "thumbnails": per_slice["thumbnails.npy"],
+        "thumbnails": per_slice.get("thumbnails.npy", no_images(len(ids))),
         "thumbnail_mm": per_slice["thumbnail_mm.npy"],
         "null": null,
         "combination": combination,

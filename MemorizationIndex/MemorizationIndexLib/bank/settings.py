@@ -29,6 +29,8 @@ class BankSettings:
     thumbnail_size: pixels of the stage-2 thumbnails. denoise_sigma: Gaussian pre-filter in
     source pixels (0 = off). verify: run stage 2; verify_k: stage-1 candidates it aligns;
     pixel_k: extra candidates per pixel descriptor. seed: folds and untrained weights.
+    store_images: keep a thumbnail of every training slice in the bank (stage 2 compares
+    them, the report shows them); False keeps no image of any patient, needs verify=False.
     """
 
     image_size: int = 224
@@ -46,6 +48,7 @@ class BankSettings:
     verify_k: int = 24
     pixel_k: int = 8
     seed: int = 0
+    store_images: bool = True
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
 
@@ -68,6 +71,11 @@ class BankSettings:
             )
         if self.pixel_k < 0:
             raise SettingsError(f"--pixel-k must be >= 0 (got {self.pixel_k}).")
+        if self.verify and not self.store_images:
+            raise SettingsError(
+                "--no-images needs --no-verify: stage-2 verification compares the training "
+                "images the bank would then not keep."
+            )
         if self.verify and self.verify_k < 1:
             raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
         if self.denoise_sigma < 0:

@@ -135,13 +135,26 @@ def _fit_tail(excess: np.ndarray) -> tuple[float, float]:
     return float(shape), float(scale)
 
 
-def volume_folds(n_volumes: int, folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Split volume ids into `folds` groups at random (seeded), each held out once."""
+def volume_folds(
+    n_volumes: int, folds: int, seed: int = 0, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Split volume ids into `folds` parts at random (seeded), each held out once.
+
+    With `groups` (a subject number per volume), every subject's volumes fall in one part:
+    a repeat scan of a held-out subject left in the bank would score like a copy.
+    """
     if n_volumes < 2:
         raise SettingsError(
             f"Calibration needs at least 2 training volumes (found {n_volumes}): whole "
             "volumes are held out to learn what an unseen scan scores."
         )
-    folds = int(min(max(folds, 2), n_volumes))
-    order = np.random.default_rng(seed).permutation(n_volumes)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    groups = np.arange(n_volumes) if groups is None else np.asarray(groups)
+    subjects = np.unique(groups)
+    if len(subjects) < 2:
+        raise SettingsError(
+            f"Calibration needs training scans of at least 2 subjects; all {n_volumes} "
+            "volumes belong to one subject (PatientID, sub-* folder or grouping file)."
+        )
+    folds = int(min(max(folds, 2), len(subjects)))
+    order = np.random.default_rng(seed).permutation(subjects)
+    return [np.sort(np.flatnonzero(np.isin(groups, part))) for part in np.array_split(order, folds)]

@@ -72,7 +72,9 @@ def _card(result: ScoreResult, bank: FeatureBank, i: int) -> str:
     r = result.slices[i]
     query = result.query_thumbnails[i]
     match = bank.thumbnails[int(result.match_rows[i])]
-    if result.alignment is not None:
+    if match.size == 0:  # a bank built without images (--no-images)
+        match = np.zeros_like(query)
+    elif result.alignment is not None:
         # The training slice moved onto the synthetic one by the verified pose.
         match = aligned_thumbnail(match, result.alignment, i)
     else:
@@ -136,6 +138,11 @@ def render_html(result: ScoreResult, bank: FeatureBank) -> str:
         for w in s.get("warnings", [])
     )
     encoder_note = _encoder_note(s)
+    if not bank.settings.store_images:
+        encoder_note += (
+            "<p>This bank keeps no training images (built with --no-images): the nearest "
+            "training slice is named, not shown; open it in 3D Slicer.</p>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Memorization Index report</title>
 <style>
