@@ -193,3 +193,19 @@ def test_images_need_to_be_kept_for_verification():
     with pytest.raises(SettingsError, match="--no-images needs --no-verify"):
         BankSettings(store_images=False)
     assert BankSettings(store_images=False, verify=False).store_images is False
+
+
+def test_dicom_series_are_named_by_description_everywhere(tmp_path):
+    data = fx.phantom((32, 24, 20))
+    fx.write_dicom_series(tmp_path / "dicom", data, "1.2.3.4.20")
+    fx.write_dicom_series(tmp_path / "dicom", data * 2, "1.2.3.4.21", prefix="B")
+    sources, _ = find_scans(tmp_path)
+    assert sorted(s.series_name for s in sources) == [
+        "test series 1.2.3.4.20",
+        "test series 1.2.3.4.21",
+    ]
+    label = next(s.label for s in sources if s.series_uid == "1.2.3.4.21")
+    assert label == f"DICOM series test series 1.2.3.4.21 (1.2.3.4.21) in {tmp_path / 'dicom'}"
+    from MemorizationIndexLib.scans import read_scan
+
+    assert read_scan(sources[0]).series_name == sources[0].series_name

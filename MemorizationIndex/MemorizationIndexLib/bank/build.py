@@ -187,6 +187,7 @@ def bank_from_features(
         positions=np.array([s.position for s in train.slices], np.float64).reshape(-1, 3),
         volumes=list(train.volumes),
         series_uids=list(train.series_uids),
+        series_names=list(train.series_names),
         thumbnail_mm=train.thumbnail_mm,
         null=null,
         combination=combination,

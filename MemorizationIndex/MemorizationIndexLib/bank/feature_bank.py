@@ -63,6 +63,7 @@ class FeatureBank:
     combination: Combination = field(default_factory=lambda: Combination(verify=False))
     manifest: dict = field(default_factory=dict)
     path: str | None = None
+    series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
 
     def __len__(self) -> int:
         return len(self.index)
@@ -80,6 +81,10 @@ class FeatureBank:
     @property
     def trained_encoder(self) -> bool:
         return bool(self.encoder_info.get("trained"))
+
+    def names_per_volume(self) -> list[str]:
+        """The DICOM series name of each training volume ("" when not DICOM)."""
+        return self.series_names or [""] * len(self.volumes)
 
     def slice_info(self, row: int) -> SliceInfo:
         vid = int(self.volume_ids[row])
@@ -158,8 +163,10 @@ class FeatureBank:
                     "slice_reading": asdict(self.settings.read_options()),
                     "n_slices": len(self),
                     "volumes": [
-                        {"path": p, "series_uid": u}
-                        for p, u in zip(self.volumes, self.series_uids, strict=True)
+                        {"path": p, "series_uid": u, "series_name": n}
+                        for p, u, n in zip(
+                            self.volumes, self.series_uids, self.names_per_volume(), strict=True
+                        )
                     ],
                     "shrinkage": {
                         str(layer): w.shrinkage
@@ -202,6 +209,7 @@ class FeatureBank:
             positions=arrays["positions"],
             volumes=volumes,
             series_uids=[str(v.get("series_uid", "")) for v in manifest["volumes"]],
+            series_names=[str(v.get("series_name", "")) for v in manifest["volumes"]],
             thumbnail_mm=arrays["thumbnail_mm"],
             null=arrays["null"],
             combination=arrays["combination"],

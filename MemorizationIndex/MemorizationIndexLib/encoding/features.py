@@ -47,6 +47,7 @@ class FeatureSet:
     thumbnails: np.ndarray
     thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     skipped: list[SkippedInput] = field(default_factory=list)
+    series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -75,6 +76,7 @@ class _Collector:
         self.volume_ids: list[np.ndarray] = []
         self.names: list[str] = []
         self.uids: list[str] = []
+        self.series_names: list[str] = []
         self.warnings: list[list[str]] = []
         self.thumbs: list[np.ndarray] = []
         self.thumb_mm: list[np.ndarray] = []
@@ -93,6 +95,7 @@ class _Collector:
         self.volume_ids.append(np.full(len(volume), len(self.names), dtype=np.int64))
         self.names.append(volume.source)
         self.uids.append(volume.series_uid)
+        self.series_names.append(volume.series_name)
         self.warnings.append(list(volume.warnings))
         self.thumbs.append(
             thumbnails(volume.slices, volume.pixel_spacing, size, volume.intensity_bounds)
@@ -126,6 +129,7 @@ class _Collector:
             ),
             volumes=self.names,
             series_uids=self.uids,
+            series_names=self.series_names,
             volume_warnings=self.warnings,
             thumbnails=(
                 np.concatenate(self.thumbs) if self.thumbs else np.zeros((0, size, size), np.uint8)

@@ -99,10 +99,14 @@ def _card(result: ScoreResult, bank: FeatureBank, i: int) -> str:
     )
 
 
+def _series(name: str) -> str:
+    return f" <small>(series {html.escape(name)})</small>" if name else ""
+
+
 def _volume_table_rows(result: ScoreResult) -> str:
     esc = html.escape
     return "".join(
-        f'<tr class="{"flag" if v.flagged else ""}"><td>{esc(v.volume)}</td>'
+        f'<tr class="{"flag" if v.flagged else ""}"><td>{esc(v.volume)}{_series(v.series_name)}</td>'
         f"<td>{'COPY' if v.flagged else 'novel'}</td><td>{v.mi:.6f}</td>"
         f"<td>{v.oni:+.3f}</td><td>{v.fraction_flagged:.2f}</td>"
         f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td></tr>"

@@ -50,6 +50,19 @@ def read_header(path: str) -> sitk.ImageFileReader:
     return reader
 
 
+def series_name(path: str) -> str:
+    """SeriesNumber and SeriesDescription of a DICOM file ("3 T1 MPRAGE"), or ""."""
+    try:
+        reader = read_header(path)
+    except RuntimeError:
+        return ""
+    parts = []
+    for tag in ("0020|0011", "0008|103e"):
+        if reader.HasMetaDataKey(tag):
+            parts.append(reader.GetMetaData(tag).strip().rstrip("\x00").strip())
+    return " ".join(p for p in parts if p)
+
+
 def is_dicom_file(path: str) -> bool:
     """A DICOM file: a DICOM suffix, or no volume or raw-data suffix and DICOM contents."""
     if suffix_in(path, VOLUME_SUFFIXES):
@@ -89,7 +102,8 @@ def dicom_folder(
             claimed.add(name)
             files.append(joined.get(name, f))
         if files:
-            sources.append(ScanSource(path=dirpath, series_uid=uid, files=tuple(files)))
+            name = series_name(files[0])
+            sources.append(ScanSource(dirpath, uid, tuple(files), name))
     sources.sort(key=lambda s: (s.files[0], s.series_uid))
     skipped = [
         SkippedInput(joined[name], _dicom_file_problem(joined[name]))
@@ -107,7 +121,7 @@ def single_dicom_source(path: str) -> ScanSource:
             uid = reader.GetMetaData("0020|000e").strip().rstrip("\x00")
     except RuntimeError:
         pass  # read_scan reports the damage with the reader's reason
-    return ScanSource(path=path, series_uid=uid, files=(path,))
+    return ScanSource(path=path, series_uid=uid, files=(path,), series_name=series_name(path))
 
 
 def _series_files(source: ScanSource) -> tuple[str, ...]:

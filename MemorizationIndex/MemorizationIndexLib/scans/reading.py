@@ -205,6 +205,7 @@ def read_scan_reporting(
     volume = canonical_volume(
         image, source.path, options or ReadOptions(), source.series_uid, warnings, name=source.label
     )
+    volume.series_name = source.series_name
     return volume, skipped
 
 

@@ -31,12 +31,14 @@ class ScanSource:
     path: str
     series_uid: str = ""
     files: tuple[str, ...] = ()
+    series_name: str = ""  # DICOM SeriesNumber and SeriesDescription, e.g. "3 T1 MPRAGE"
 
     @property
     def label(self) -> str:
         """How messages name this volume."""
         if self.series_uid:
-            return f"DICOM series {self.series_uid} in {self.path}"
+            name = f"{self.series_name} " if self.series_name else ""
+            return f"DICOM series {name}({self.series_uid}) in {self.path}"
         return self.path
 
 
@@ -73,6 +75,7 @@ class ScanVolume:
     image: sitk.Image | None = None  # canonical float32 3D image; may be dropped to save memory
     # Values outside these are outliers (hot voxels), left out of every intensity range.
     intensity_bounds: tuple[float, float] = (-np.inf, np.inf)
+    series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
 
     def slice_infos(self) -> list[SliceInfo]:
         return [

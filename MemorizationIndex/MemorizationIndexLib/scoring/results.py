@@ -98,12 +98,15 @@ class SliceResult(_Row):
     agreement: float = 0.0
     layer_similarity: dict[int, float] = field(default_factory=dict)
     top_matches: str = ""
+    series_name: str = ""  # DICOM SeriesNumber and SeriesDescription of the volume...
+    match_series_name: str = ""  # ...and of the matched training volume
 
     def as_row(self) -> dict:
         """The slices.csv row, columns in file order."""
         row = {
             "volume": self.volume,
             "series_uid": self.series_uid,
+            "series_name": self.series_name,
             "slice_index": self.slice_index,
             "position_x": self.position[0],
             "position_y": self.position[1],
@@ -115,6 +118,7 @@ class SliceResult(_Row):
             "flagged": self.flagged,
             "match_volume": self.match_volume,
             "match_series_uid": self.match_series_uid,
+            "match_series_name": self.match_series_name,
             "match_slice": self.match_slice,
             "match_position_x": self.match_position[0],
             "match_position_y": self.match_position[1],
@@ -165,6 +169,7 @@ class VolumeResult(_Row):
     flip: str
     flagged: bool
     warnings: str
+    series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
 
     def as_row(self) -> dict:
         """The volumes.csv row, columns in file order."""
@@ -189,6 +194,7 @@ _VOLUME_ORDER = (
     "transform",
     "flagged",
     "warnings",
+    "series_name",
 )
 
 

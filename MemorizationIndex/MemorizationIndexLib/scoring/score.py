@@ -98,6 +98,10 @@ def _top_matches(bank: FeatureBank, rows: np.ndarray, similarities: np.ndarray) 
     )
 
 
+def _name_of(names: list[str], vid: int) -> str:
+    return names[vid] if vid < len(names) else ""
+
+
 def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
     statistic, p, mi, oni, flagged = calibrated
     best = stages.stage1
@@ -117,6 +121,10 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
                 flagged=bool(flagged[i]),
                 match_volume=match.volume,
                 match_series_uid=match.series_uid,
+                series_name=_name_of(queries.series_names, int(queries.volume_ids[i])),
+                match_series_name=_name_of(
+                    bank.series_names, int(bank.volume_ids[int(stages.match_rows[i])])
+                ),
                 match_slice=match.slice_index,
                 match_position=match.position,
                 statistic=float(statistic[i]),
@@ -150,6 +158,7 @@ def _volume_result(bank, queries, stages, calibrated, vid: int, alpha: float) ->
     return VolumeResult(
         volume=queries.volumes[vid],
         series_uid=queries.series_uids[vid],
+        series_name=_name_of(queries.series_names, vid),
         n_slices=int(len(rows)),
         mi=1.0 - vol_p,
         p_value=vol_p,
