@@ -106,7 +106,8 @@ def _series(name: str) -> str:
 def _volume_table_rows(result: ScoreResult) -> str:
     esc = html.escape
     return "".join(
-        f'<tr class="{"flag" if v.flagged else ""}"><td>{esc(v.volume)}{_series(v.series_name)}</td>'
+        f'<tr class="{"flag" if v.flagged else ""}">'
+        f"<td>{esc(v.volume)}{_series(v.series_name)}</td>"
         f"<td>{'COPY' if v.flagged else 'novel'}</td><td>{v.mi:.6f}</td>"
         f"<td>{v.oni:+.3f}</td><td>{v.fraction_flagged:.2f}</td>"
         f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td></tr>"
