@@ -11,17 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-# The module folder holds MemorizationIndexSceneLogic (Slicer puts it on sys.path itself).
+# The module folder holds the MemorizationIndexSlicer package (Slicer puts the folder on
+# sys.path itself).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MemorizationIndex"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from MemorizationIndexSceneLogic import (  # noqa: E402
-    MemorizationIndexSceneLogic,
-    createSceneWithSliceViews,
-)
+from MemorizationIndexSlicer.headless import createSceneWithSliceViews  # noqa: E402
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic  # noqa: E402
 from slicer_test_helpers import (  # noqa: E402
     SHAPE,
     SLICE_VIEWS,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import slicer.util
 import vtk
-from MemorizationIndexSceneLogic import ATTR_ROLE, savePNG
+from MemorizationIndexSlicer.views import savePNG
+from MemorizationIndexSlicer.volumes import ATTR_ROLE
 from slicer_test_helpers import add_volume, copied_row, synthetic_with_copy
 
 

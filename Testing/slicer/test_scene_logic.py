@@ -5,15 +5,17 @@ import pytest
 import SimpleITK as sitk
 import vtk
 from MemorizationIndexLib.scans import ReadOptions, read_scan
-from MemorizationIndexSceneLogic import (
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.placement import (
     FLIP_SIGNS,
-    MemorizationIndexSceneLogic,
-    canonicalDirection,
-    imageFromVolumeNode,
     matchPlacementMatrix,
     poseOfRow,
     sliceFrame,
     snapPose,
+)
+from MemorizationIndexSlicer.volumes import (
+    canonicalDirection,
+    imageFromVolumeNode,
     volumeNodeFromImage,
 )
 from slicer_test_helpers import SLICE_VIEWS

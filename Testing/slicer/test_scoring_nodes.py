@@ -6,12 +6,9 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 from MemorizationIndexLib.errors import BankError
-from MemorizationIndexSceneLogic import (
-    PLOT_CHART_NAME,
-    SLICE_TABLE_NAME,
-    MemorizationIndexSceneLogic,
-    createSceneWithSliceViews,
-)
+from MemorizationIndexSlicer.headless import createSceneWithSliceViews
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.nodes import PLOT_CHART_NAME, SLICE_TABLE_NAME
 from slicer_test_helpers import SLICE_VIEWS, add_volume, copied_row, synthetic_with_copy
 
 TABLE_COLUMNS = [
