@@ -6,8 +6,11 @@ real. This checks the module's wiring (module metadata, the logic on the applica
 scene, the parameter node) and the first-use dependency install in each Slicer generation.
 """
 
+import contextlib
 import importlib
 import sys
+import textwrap
+import time
 import types
 import unittest
 from pathlib import Path
@@ -17,6 +20,7 @@ import slicer
 from MemorizationIndexSlicer import dependencies
 from MemorizationIndexSlicer.headless import createSceneWithSliceViews
 from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.process import ChildProcess, Job
 from slicer_test_helpers import tiny_encoder_config
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "MemorizationIndex"
@@ -305,3 +309,185 @@ def test_the_in_slicer_self_test_passes(module, monkeypatch, tmp_path):
     test = module.MemorizationIndexTest()
     test.runTest()
     assert scene.GetFirstNodeByName("synthetic") is not None
+
+
+# ---- the panel's jobs: a QTimer calls pollJob; stand-in widgets record what it shows --------
+
+
+class FakeWidget:
+    """The Qt properties and methods the panel uses on its widgets."""
+
+    def __init__(self):
+        self.text, self.toolTip = "", ""
+        self.enabled, self.visible, self.checked = True, True, False
+        self.minimum, self.maximum, self.value = 0, 100, 0
+
+    def show(self):
+        self.visible = True
+
+    def hide(self):
+        self.visible = False
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+    def mrmlTableNode(self):
+        return getattr(self, "tableNode", None)
+
+
+class FakeUi:
+    def __getattr__(self, name):
+        widget = FakeWidget()
+        setattr(self, name, widget)
+        return widget
+
+
+class RunningTimer(FakeTimer):
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+@pytest.fixture()
+def panel(module, monkeypatch):
+    """The module's widget with stand-in Qt widgets, the real logic and job classes."""
+    record = Recorder()
+    monkeypatch.setattr(slicer.util, "errorDisplay", record("error"))
+    monkeypatch.setattr(
+        slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext()
+    )
+    widget = module.MemorizationIndexWidget.__new__(module.MemorizationIndexWidget)
+    widget.ui = FakeUi()
+    widget.logic = module.MemorizationIndexLogic()
+    widget.logic.ensureDependencies = lambda: True
+    widget._parameterNode = types.SimpleNamespace(
+        scoreInput=module.SCORE_FROM_VOLUME,
+        trainingFolder="/train",
+        bankFolder="/bank",
+        syntheticFolder="",
+        syntheticVolume=None,
+        overlayOpacity=0.5,
+        sideBySide=False,
+    )
+    widget._job, widget._onJobDone = None, None
+    widget._pollTimer = RunningTimer()
+    return types.SimpleNamespace(widget=widget, dialogs=record)
+
+
+def stand_in_job(body, title="Building the bank", finish=lambda child: "the bank"):
+    command = [sys.executable, "-c", textwrap.dedent(body)]
+    return Job(title, ChildProcess(command).start(), finish=finish)
+
+
+def poll_until_idle(widget, seen=None, timeout=30):
+    deadline = time.monotonic() + timeout
+    while widget._pollTimer.active:
+        assert time.monotonic() < deadline
+        widget.pollJob()  # what the timer's timeout() calls
+        if seen is not None:
+            seen.append(
+                (
+                    widget.ui.statusLabel.text,
+                    widget.ui.progressBar.maximum,
+                    widget.ui.progressBar.value,
+                )
+            )
+        time.sleep(0.02)
+
+
+def test_panel_shows_whole_number_progress_and_the_result(panel):
+    widget, done = panel.widget, []
+    job = widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, time
+            for k in range(4):
+                print(json.dumps({"event": "progress", "stage": "Encoding training scans",
+                                  "done": k * 2.3333333, "total": 10}), flush=True)
+                time.sleep(0.1)
+            print(json.dumps({"event": "result"}), flush=True)
+            """
+        ),
+        done.append,
+    )
+    assert job is not None and widget.busy() and widget._pollTimer.active
+    assert widget.ui.cancelButton.visible and widget.ui.progressBar.visible
+    for name in (
+        "buildBankButton",
+        "scoreButton",
+        "overlayOpacitySliderWidget",
+        "sideBySideButton",
+    ):
+        assert not getattr(widget.ui, name).enabled, name  # locked while the job runs
+    seen = []
+    poll_until_idle(widget, seen)
+    counts = {text for text, _, _ in seen if " of " in text}
+    assert counts <= {f"Encoding training scans: {n} of 10" for n in (0, 2, 4, 6)}, counts
+    assert counts and all(isinstance(v, int) for _, _, v in seen)
+    assert done == ["the bank"]
+    assert widget.ui.statusLabel.text == "Building the bank: done."
+    assert not widget.busy() and not widget.ui.progressBar.visible
+    assert widget.ui.overlayOpacitySliderWidget.enabled and widget.ui.sideBySideButton.enabled
+    assert panel.dialogs.calls == []
+
+
+def test_panel_shows_a_failing_child_in_the_error_dialog(panel):
+    widget, done = panel.widget, []
+    widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, sys
+            print("reading /data/broken.nii.gz", file=sys.stderr, flush=True)
+            print(json.dumps({"event": "error", "type": "InputError",
+                              "message": "None of the synthetic scans could be used",
+                              "traceback": "Traceback (most recent call last): ..."}))
+            sys.exit(1)
+            """,
+            title="Scoring",
+        ),
+        done.append,
+    )
+    poll_until_idle(widget)
+    assert done == [] and widget.ui.statusLabel.text == "Scoring: failed."
+    ((name, (message,), options),) = panel.dialogs.calls
+    assert "None of the synthetic scans could be used" in message
+    assert "Traceback" in options["detailedText"]
+    assert "reading /data/broken.nii.gz" in options["detailedText"]
+
+
+def test_panel_cancel_stops_the_child(panel):
+    widget, done = panel.widget, []
+    widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, time
+            print(json.dumps({"event": "progress", "stage": "Encoding", "done": 1, "total": 9}),
+                  flush=True)
+            time.sleep(60)
+            """
+        ),
+        done.append,
+    )
+    while not widget._job.progress[0]:
+        widget.pollJob()
+        time.sleep(0.02)
+    widget.onCancel()
+    assert widget.ui.statusLabel.text == "Stopping..." and not widget.ui.cancelButton.enabled
+    widget.pollJob()
+    assert widget.ui.statusLabel.text in ("Stopping...", "Building the bank: cancelled.")
+    poll_until_idle(widget)
+    assert widget.ui.statusLabel.text == "Building the bank: cancelled."
+    assert done == [] and panel.dialogs.calls == [] and not widget.busy()
+
+
+def test_panel_handles_a_table_click_once(module):
+    """clicked(QModelIndex) only: activated would run the same row again on a click."""
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert source.count("resultsTableView.connect(") == 1
+    assert '"clicked(QModelIndex)"' in source and "activated(QModelIndex)" not in source
