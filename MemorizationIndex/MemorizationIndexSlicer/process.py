@@ -55,9 +55,16 @@ def formatProgress(stage, done, total):
 
 
 def pythonExecutable():
-    """Slicer's own Python launcher (PythonSlicer, on PATH inside Slicer, which sets the
-    library paths the interpreter needs), or this interpreter outside Slicer."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The Python that runs the child: this interpreter when it is one (a plain Python, or
+    PythonSlicer's), else, inside the Slicer application (whose executable is not a
+    Python), Slicer's launcher PythonSlicer, which Slicer puts on PATH (as
+    slicer.util._executePythonModule finds it)."""
+    if "python" in os.path.basename(sys.executable).lower():
+        return sys.executable
+    found = shutil.which("PythonSlicer")
+    if not found:
+        raise RuntimeError("Slicer's Python launcher PythonSlicer was not found on PATH.")
+    return found
 
 
 def workerCommand(taskFile, python=None):

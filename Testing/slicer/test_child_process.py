@@ -17,6 +17,7 @@ import time
 import pytest
 from MemorizationIndexLib.errors import CancelledError, InputError
 from MemorizationIndexSlicer import logic as logic_module
+from MemorizationIndexSlicer import process
 from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
 from MemorizationIndexSlicer.process import (
     CANCELLED,
@@ -182,10 +183,17 @@ def test_cancel_kills_a_child_that_ignores_sigterm():
 # ---- the real child on small data ----------------------------------------------------------
 
 
-def test_the_child_runs_from_its_own_file():
+def test_the_child_runs_from_its_own_file(monkeypatch, tmp_path):
     command = workerCommand("task.json")
-    assert command[0] == sys.executable  # PythonSlicer inside Slicer (found on PATH)
+    assert command[0] == sys.executable  # a Python (here, or PythonSlicer's) runs it itself
     assert command[1].endswith("MemorizationIndexSlicer/process.py")
+    # Inside the Slicer application sys.executable is SlicerApp-real: PythonSlicer from PATH.
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    monkeypatch.setattr(process.sys, "executable", "/opt/Slicer/bin/SlicerApp-real")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert process.pythonExecutable() == str(launcher)
 
 
 def test_build_streams_progress_and_loads_the_bank(bank_build):
