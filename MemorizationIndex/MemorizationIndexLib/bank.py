@@ -183,11 +183,12 @@ class FeatureBank:
         return self.combination.statistic(result)
 
     # ---- persistence -------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, inputs=()) -> Path:
+        """Write the bank to `path` in one step (see atomic.py); `inputs` may not be touched."""
         from .atomic import atomic_directory
 
         path = Path(path)
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, "bank", inputs) as tmp:
             for layer, w, v in zip(self.settings.layers, self.whiteners, self.vectors, strict=True):
                 np.save(tmp / f"features_layer{layer}.npy", v.astype(np.float32))
                 np.save(tmp / f"whitening_layer{layer}_mean.npy", w.mean)
@@ -468,7 +469,11 @@ def build_bank(
     encoder_config picks another architecture than MRI-CORE's ViT-B (small ones keep tests
     fast); it is recorded in the bank and used again at scoring time.
     """
+    from .atomic import check_output
+
     settings = settings or BankSettings()
+    inputs = (train_dir, checkpoint)
+    check_output(out_dir, "bank", inputs)  # before hours of encoding, not after
     sources, skipped = find_scans_required(train_dir)
     encoder, info = encoder_for(settings, checkpoint, encoder_config)
     extractor = FeatureExtractor(encoder, settings.preprocess_spec(), device, batch_size)
@@ -491,5 +496,5 @@ def build_bank(
     )
     report(progress, "Calibrating on held-out training volumes", 1, 1)
     check_cancel(cancel)
-    bank.save(out_dir)
+    bank.save(out_dir, inputs)
     return bank

@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-bank", help="encode training scans into a calibrated feature bank")
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
-    b.add_argument("--out", required=True, help="bank folder to write")
+    b.add_argument(
+        "--out",
+        required=True,
+        help="bank folder to write"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(b)
     b.add_argument("--image-size", type=int, default=224, help="encoder input size in pixels")
     b.add_argument("--layers", type=_layers, default=(3, 7, 11), help="encoder blocks, e.g. 3,7,11")
@@ -131,13 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score synthetic scans against a bank")
     s.add_argument("bank_dir", help="bank folder written by build-bank")
     s.add_argument("synth_dir", help="folder (or one file) of synthetic scans")
-    s.add_argument("--out", required=True, help="report folder to write")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="report folder to write"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
-    d.add_argument("--out", default="demo-output", help="folder for the cohort, bank and report")
+    d.add_argument(
+        "--out",
+        default="demo-output",
+        help="folder for the cohort, bank and report"
+        " (a new or empty folder, or one this tool wrote; never an input or the current folder)",
+    )
     _encoder_options(d)
     d.add_argument("--image-size", type=int, default=112, help="encoder input size (demo: 112)")
     return parser
@@ -222,10 +237,13 @@ def _build_bank(args, progress) -> int:
 
 
 def _score(args, progress) -> int:
+    from .atomic import check_output
     from .bank import FeatureBank
     from .report import write_report
     from .scoring import score
 
+    inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
+    check_output(args.out, "report", inputs)  # before the scoring, not after
     bank = FeatureBank.load(args.bank_dir)
     result = score(
         bank,
@@ -237,7 +255,7 @@ def _score(args, progress) -> int:
         batch_size=args.batch_size,
         progress=progress,
     )
-    write_report(result, bank, args.out)
+    write_report(result, bank, args.out, inputs)
     progress.close()
     print_verdicts(result)
     print(f"Report: {Path(args.out) / 'report.html'}")

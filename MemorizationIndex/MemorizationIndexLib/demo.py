@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .atomic import prepare_marked_folder
 from .bank import BankSettings, build_bank
 from .cohort import make_cohort
 from .report import write_report
@@ -29,7 +30,7 @@ def run_demo(
     progress=None,
 ) -> int:
     started = time.perf_counter()
-    out = Path(out)
+    out = prepare_marked_folder(out, "demo")
     print(f"Making the example cohort from nilearn's MNI152 T1 in {out / 'cohort'} ...")
     members = make_cohort(out / "cohort")
     (out / "cohort" / "truth.json").write_text(json.dumps([asdict(m) for m in members], indent=2))

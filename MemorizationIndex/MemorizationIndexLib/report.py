@@ -59,10 +59,16 @@ def _csv_value(v):
     return v
 
 
-def write_report(result: ScoreResult, bank: FeatureBank, out_dir: str | os.PathLike) -> Path:
-    """Write all four outputs at once (atomically); returns the report folder."""
+def write_report(
+    result: ScoreResult, bank: FeatureBank, out_dir: str | os.PathLike, inputs=()
+) -> Path:
+    """Write all four outputs at once (atomically); returns the report folder.
+
+    The bank's folder and `inputs` (e.g. the synthetic folder) are never written into.
+    """
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    inputs = (*inputs, bank.path) if getattr(bank, "path", None) else tuple(inputs)
+    with atomic_directory(out_dir, "report", inputs) as tmp:
         write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
         write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
         (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))

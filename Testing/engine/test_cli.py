@@ -23,9 +23,11 @@ def test_bad_usage_exits_2(capsys, tmp_path):
 
 
 def test_unusable_input_exits_2_with_the_path(capsys, tmp_path):
-    assert main(["build-bank", str(tmp_path), "--out", str(tmp_path / "bank")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["build-bank", str(empty), "--out", str(tmp_path / "bank")]) == 2
     err = capsys.readouterr().err
-    assert "No readable scan" in err and str(tmp_path) in err
+    assert "No readable scan" in err and str(empty) in err
     assert main(["score", str(tmp_path / "nobank"), str(tmp_path), "--out", "x"]) == 2
     assert "nobank" in capsys.readouterr().err
     assert main(["build-bank", str(tmp_path), "--out", "b", "--stride", "0"]) == 2
@@ -77,6 +79,7 @@ def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
         "volumes.csv",
         "summary.json",
         "report.html",
+        ".memorization-index.json",
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from MemorizationIndexLib.atomic import write_marker
 from MemorizationIndexLib.bank import BankSettings, FeatureBank, build_bank
 from MemorizationIndexLib.errors import BankError, CancelledError, InputError
 from MemorizationIndexLib.report import (
@@ -145,6 +146,7 @@ def test_cancel_leaves_nothing_half_written(small_cohort, small_bank, tmp_path):
     existing = tmp_path / "bank"
     existing.mkdir()
     (existing / "keep.txt").write_text("old bank")
+    write_marker(existing, "bank")  # an earlier bank of this tool: replaceable, so cancel matters
     with pytest.raises(CancelledError):
         build_bank(root / "train", existing, BankSettings(image_size=32), cancel=lambda: True)
     assert (existing / "keep.txt").read_text() == "old bank"
@@ -152,8 +154,10 @@ def test_cancel_leaves_nothing_half_written(small_cohort, small_bank, tmp_path):
 
 
 def test_unusable_training_folders_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(InputError, match="No readable scan"):
-        build_bank(tmp_path, tmp_path / "bank", BankSettings(image_size=32))
+        build_bank(empty, tmp_path / "bank", BankSettings(image_size=32))
     with pytest.raises(InputError, match=str(tmp_path / "missing")):
         build_bank(tmp_path / "missing", tmp_path / "bank", BankSettings(image_size=32))
     assert not (tmp_path / "bank").exists()
