@@ -136,6 +136,14 @@ def partialOutputs(target):
     return set(glob.glob(pattern))
 
 
+def recoverOutput(target):
+    """After a killed child: put back an output it had moved aside mid-swap and remove what
+    dead runs left half-written (the engine's own recovery of its output folders)."""
+    from MemorizationIndexLib.atomic import recover_output
+
+    recover_output(target)
+
+
 # ---- scans ----------------------------------------------------------------------------------
 def readCanonicalImage(path, seriesUid=""):
     """A scan read by the engine's own reader: the SimpleITK image in its canonical (LPS)

@@ -12,6 +12,7 @@ child succeeds its results load into the scene here: the bank, the slice table a
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,11 +58,18 @@ class MemorizationIndexSceneLogic:
 
         def cleanup():
             shutil.rmtree(workDir, ignore_errors=True)
-            # A child killed mid-write leaves the atomic writer's temporary folder: remove
-            # what this child started, nothing that was there before.
+            # A child killed mid-write leaves the atomic writer's temporary folder (remove
+            # what this child started, nothing that was there before) and, killed between
+            # the renames of a swap, the old output moved aside (put it back).
             for output, before in existing.items():
                 for leftover in engine.partialOutputs(output) - before:
                     shutil.rmtree(leftover, ignore_errors=True)
+                try:
+                    engine.recoverOutput(output)
+                except Exception:
+                    logging.warning(
+                        "MemorizationIndex: could not recover %s", output, exc_info=True
+                    )
 
         child = ChildProcess(workerCommand(taskFile, self.pythonExecutable), onProgress=onProgress)
         try:

@@ -9,7 +9,9 @@ on small data from a slicer-core scene.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -253,9 +255,9 @@ def test_console_cancel_raises_cancelled(training_set, scene_and_app, tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_killed_child_leaves_nothing_half_written(scene_and_app, tmp_path, monkeypatch):
     """A child that does not stop on SIGTERM is killed mid-write; what it had started (the
-    atomic writer's temporary folder) is removed, what was there before is not."""
+    atomic writer's temporary folder) is removed, another live run's folder is not."""
     scene, app = scene_and_app
-    before = tmp_path / ".bank.partial-earlier"
+    before = tmp_path / f".bank.partial-{socket.gethostname()}-{os.getpid()}-running"
     before.mkdir()
     stubborn = f"""
         import pathlib, signal, time
@@ -276,6 +278,38 @@ def test_a_killed_child_leaves_nothing_half_written(scene_and_app, tmp_path, mon
     with pytest.raises(CancelledError):
         job.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == [before.name]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_child_killed_mid_swap_gets_the_old_bank_back(scene_and_app, tmp_path, monkeypatch):
+    """Without a one-step exchange the engine moves the old bank aside before renaming the
+    new one in; a child killed between the two renames leaves it aside. The job's clean-up
+    runs the engine's recovery, which puts it back."""
+    scene, app = scene_and_app
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "manifest.json").write_text("the old bank")
+    stubborn = f"""
+        import os, pathlib, signal, socket, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bank = pathlib.Path({str(bank)!r})
+        aside = bank.parent / f".bank.old-{{socket.gethostname()}}-{{os.getpid()}}-xyz"
+        aside.mkdir()
+        os.replace(bank, aside / "bank")
+        print({progress_line("Saving the bank", 0, 1)!r}, flush=True)
+        time.sleep(60)
+        """
+    monkeypatch.setattr(logic_module, "workerCommand", lambda task, python=None: script(stubborn))
+    job = MemorizationIndexSceneLogic(scene, app).startBuildBank("train", bank)
+    job.child.killAfter = 0.3
+    while job.poll() == RUNNING and not job.progress[0]:
+        time.sleep(0.02)
+    assert not bank.exists()  # moved aside by the child
+    job.cancel()
+    with pytest.raises(CancelledError):
+        job.wait()
+    assert (bank / "manifest.json").read_text() == "the old bank"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
 
 
 def test_a_failing_child_reports_the_engines_error_and_log(logic, scene_and_app, tmp_path):
