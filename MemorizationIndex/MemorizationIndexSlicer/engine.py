@@ -195,10 +195,11 @@ def score(
     )
 
 
-def writeReport(result, bank, folder):
+def writeReport(result, bank, folder, inputs=()):
+    """The HTML and CSV report, written in one step; `inputs` are never written over."""
     from MemorizationIndexLib.report import write_report
 
-    return write_report(result, bank, folder)
+    return write_report(result, bank, folder, inputs=tuple(i for i in inputs if i))
 
 
 def pngBytes(image):
@@ -247,7 +248,7 @@ def runTask(task, progress=None, cancel=None):
             cancel=cancel,
         )
         if task.get("report"):
-            writeReport(result, bank, task["report"])
+            writeReport(result, bank, task["report"], (task["bank"], task.get("folder")))
         resultFile = Path(task["resultFile"])
         partial = resultFile.with_name(resultFile.name + ".partial")
         with open(partial, "wb") as f:

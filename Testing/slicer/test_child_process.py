@@ -325,14 +325,24 @@ def test_a_failing_child_reports_the_engines_error_and_log(logic, scene_and_app,
     assert logic.result is None
 
 
-def test_score_runs_in_the_child_and_loads_the_results_here(logic, scene_and_app, training_set):
+def test_score_runs_in_the_child_and_loads_the_results_here(
+    logic, scene_and_app, training_set, tmp_path
+):
     scene, _ = scene_and_app
     node = add_volume(scene, synthetic_with_copy(training_set, flip=True), "synth-01")
     stages = []
-    job = logic.startScoreVolumes([node], device="cpu", onProgress=lambda *p: stages.append(p))
+    job = logic.startScoreVolumes(
+        [node],
+        device="cpu",
+        reportFolder=tmp_path / "report",
+        onProgress=lambda *p: stages.append(p),
+    )
     result = job.wait()
     assert job.state == SUCCEEDED and result is logic.result
     assert result.volumes[0]["volume"] == "synth-01" and result.volumes[0]["flagged"]
     assert logic.syntheticNodeForRow(result.slices[0]) is node
     assert logic.sliceTableNode().GetNumberOfRows() == len(result.slices)
     assert {stage for stage, _, _ in stages} >= {"Scoring synthetic slices"}
+    # The child also wrote the engine's report, in one step, next to nothing half-written.
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
