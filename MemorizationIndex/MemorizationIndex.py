@@ -309,7 +309,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             + note
         )
         tableNode = self.logic.sliceTableNode()
-        if self.ui.resultsTableView.mrmlTableNode() is not tableNode:
+        if self.ui.resultsTableView.mrmlTableNode() != tableNode:
             self.ui.resultsTableView.setMRMLTableNode(tableNode)
         self._updateButtons()
 
