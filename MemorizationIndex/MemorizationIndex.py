@@ -1,21 +1,28 @@
 """MemorizationIndex: find training scans leaking out of a generative MRI model, in 3D Slicer.
 
-The panel (Resources/UI/MemorizationIndex.ui) is bound to a parameter node; the work is
-done by MemorizationIndexLogic, which is MemorizationIndexSceneLogic (the MRML glue, also
-usable outside Slicer) on slicer.mrmlScene, plus first-use installation of the engine's
-Python dependencies. The engine itself (MemorizationIndexLib) is imported only when used.
+Needs Slicer 5.10 or newer. The panel (Resources/UI/MemorizationIndex.ui) is bound to a
+parameter node; the work is done by MemorizationIndexLogic, which is the MRML glue of the
+package MemorizationIndexSlicer (below this folder: Slicer loads every .py file directly in
+a module folder as a module, so this is the only one) on slicer.mrmlScene. Building a bank
+and scoring run in a child process that the panel polls with a timer, so Slicer stays
+responsive; the engine (MemorizationIndexLib) is never imported when Slicer loads the module.
 """
 
 import logging
 import os
-import traceback
 from pathlib import Path
 from typing import Annotated
 
+import qt
 import slicer
 import vtk
-from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, shortName
+from MemorizationIndexSlicer import dependencies
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.process import CANCELLED, RUNNING, SUCCEEDED
+from MemorizationIndexSlicer.volumes import shortName
 from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -29,8 +36,8 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 AXES = ["axial", "coronal", "sagittal"]
 SCORE_FROM_VOLUME = "volume in the scene"
 SCORE_FROM_FOLDER = "folder of volumes"
-# Python packages the engine imports, by import name -> pip requirement name.
-ENGINE_IMPORTS = {"torch": "torch", "faiss": "faiss-cpu", "scipy": "scipy", "tqdm": "tqdm"}
+CONTRIBUTORS = ["The MemorizationIndex Project (github.com/MemorizationIndex)"]
+POLL_INTERVAL_MS = 200
 
 
 #
@@ -43,23 +50,25 @@ class MemorizationIndex(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Memorization Index"
-        self.parent.categories = ["Quantification"]
+        self.parent.title = _("Memorization Index")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MemorizationIndex developers"]
-        self.parent.helpText = """
+        self.parent.contributors = list(CONTRIBUTORS)
+        self.parent.helpText = _("""
 Audit a generative MRI model for training-data leakage. Build a feature bank from the
 training scans with the MRI foundation model MRI-CORE, score synthetic volumes with a
 calibrated Memorization Index (MI, in [0, 1]; a slice is flagged when MI >= 1 - alpha) and the
 Overfit/Novelty Index (ONI, negative = copy-like), and inspect each suspected copy over its
-nearest training slice. The module's logic can be scripted from the Python console; see the
-"In 3D Slicer" section of the project README.
-"""
-        self.parent.acknowledgementText = """
+nearest training slice. Building and scoring run in a separate process: Slicer stays
+responsive and Cancel stops them. The module's logic can be scripted from the Python
+console; see the "In 3D Slicer" section of the
+<a href="https://github.com/MemorizationIndex/MemorizationIndex#in-3d-slicer">project README</a>.
+""")
+        self.parent.acknowledgementText = _("""
 Method after Deo et al., "A Calibrated Memorization Index (MI) for Detecting Training Data
 Leakage in Generative MRI Models" (arXiv 2602.13066), with volume-level calibration and
 geometry-robust matching. MRI-CORE weights by the Mazurowski lab (Duke University).
-"""
+""")
 
 
 #
@@ -98,7 +107,7 @@ def _pathOrNone(path):
 
 
 class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: wires the .ui to the parameter node and calls the logic."""
+    """The panel: wires the .ui to the parameter node, starts jobs and polls them."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -106,8 +115,9 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._busy = False
-        self._cancelRequested = False
+        self._job = None
+        self._onJobDone = None
+        self._pollTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -117,6 +127,11 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MemorizationIndexLogic()
+
+        # The child process is polled, never waited for: Slicer's event loop keeps running.
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.pollJob)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -130,8 +145,8 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.nextCopyButton.connect("clicked(bool)", lambda: self.onStepCopy(+1))
         self.ui.overlayOpacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.sideBySideButton.connect("toggled(bool)", self.onSideBySideToggled)
-        self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableRowActivated)
-        self.ui.resultsTableView.connect("activated(QModelIndex)", self.onTableRowActivated)
+        # One signal for a row: a click (activated would call again on the same click).
+        self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableRowClicked)
 
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
@@ -140,6 +155,10 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._showResult(None)
 
     def cleanup(self):
+        if self._job is not None:
+            self._job.cancel()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -181,21 +200,41 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
-    # ---- state of the panel ----------------------------------------------------------
+    # ---- state of the panel ----------------------------------------------------------------
+    def busy(self):
+        return self._job is not None
+
     def _updateButtons(self, caller=None, event=None):
         p = self._parameterNode
         if p is None:
             return
-        idle = not self._busy
+        idle = not self.busy()
         fromFolder = p.scoreInput == SCORE_FROM_FOLDER
-        self.ui.syntheticVolumeSelector.setEnabled(not fromFolder)
-        self.ui.syntheticFolderPathLineEdit.setEnabled(fromFolder)
+        for widget in (
+            self.ui.trainingFolderPathLineEdit,
+            self.ui.bankFolderPathLineEdit,
+            self.ui.checkpointPathLineEdit,
+            self.ui.deviceComboBox,
+            self.ui.imageSizeSpinBox,
+            self.ui.sliceAxisComboBox,
+            self.ui.strideSpinBox,
+            self.ui.scoreInputComboBox,
+            self.ui.alphaSpinBox,
+            # The results and their views change only when no job is writing them.
+            self.ui.overlayOpacitySliderWidget,
+            self.ui.sideBySideButton,
+            self.ui.showPlotButton,
+            self.ui.resultsTableView,
+        ):
+            widget.enabled = idle
+        self.ui.syntheticVolumeSelector.enabled = idle and not fromFolder
+        self.ui.syntheticFolderPathLineEdit.enabled = idle and fromFolder
         canBuild = bool(_pathOrNone(p.trainingFolder) and _pathOrNone(p.bankFolder))
         self.ui.buildBankButton.enabled = idle and canBuild
         self.ui.buildBankButton.toolTip = (
-            "Encode the training scans into a new bank in the bank folder."
+            _("Encode the training scans into a new bank in the bank folder.")
             if canBuild
-            else "Choose a training folder and a bank folder first."
+            else _("Choose a training folder and a bank folder first.")
         )
         self.ui.loadBankButton.enabled = idle and bool(_pathOrNone(p.bankFolder))
         hasInput = (
@@ -204,9 +243,9 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         canScore = self.logic.bank is not None and hasInput
         self.ui.scoreButton.enabled = idle and canScore
         self.ui.scoreButton.toolTip = (
-            "Score the synthetic volume(s) against the bank."
+            _("Score the synthetic volume(s) against the bank.")
             if canScore
-            else "Build or load a bank and choose what to score first."
+            else _("Build or load a bank and choose what to score first.")
         )
         hasCopies = bool(self.logic.suspectedCopies())
         self.ui.previousCopyButton.enabled = idle and hasCopies
@@ -225,7 +264,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.longestRunLabel,
         )
         if result is None:
-            self.ui.verdictLabel.text = "Nothing scored yet."
+            self.ui.verdictLabel.text = _("Nothing scored yet.")
             self.ui.datasetLabel.text = ""
             for label in labels:
                 label.text = "-"
@@ -246,81 +285,106 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             f"{summary['mi']:.6f} (flagged at >= {1.0 - summary['alpha']:g})"
         )
         self.ui.volumeONILabel.text = f"{summary['oni']:+.3f}"
-        self.ui.fractionFlaggedLabel.text = (
-            f"{100.0 * summary['fractionFlagged']:.1f} % of {summary['nSlices']} slices"
+        self.ui.fractionFlaggedLabel.text = _("{percent} % of {count} slices").format(
+            percent=f"{100.0 * summary['fractionFlagged']:.1f}", count=summary["nSlices"]
         )
         self.ui.bestMatchLabel.text = shortName(summary["matchVolume"])
         self.ui.bestMatchLabel.toolTip = summary["matchVolume"]
-        self.ui.longestRunLabel.text = f"{summary['longestRun']} consecutive slices"
-        s = result.summary
-        note = " Untrained encoder: for testing only." if s.get("untrained_encoder") else ""
-        self.ui.datasetLabel.text = (
-            f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes and {s['n_slices_flagged']} of "
-            f"{s['n_slices']} slices flagged (alpha {result.alpha:g}).{note}"
+        self.ui.longestRunLabel.text = _("{count} consecutive slices").format(
+            count=summary["longestRun"]
         )
-        self.ui.resultsTableView.setMRMLTableNode(self.logic.sliceTableNode())
+        s = result.summary
+        note = _(" Untrained encoder: for testing only.") if s.get("untrained_encoder") else ""
+        self.ui.datasetLabel.text = (
+            _(
+                "{volumes} of {nVolumes} volumes and {slices} of {nSlices} slices flagged "
+                "(alpha {alpha})."
+            ).format(
+                volumes=s["n_volumes_flagged"],
+                nVolumes=s["n_volumes"],
+                slices=s["n_slices_flagged"],
+                nSlices=s["n_slices"],
+                alpha=f"{result.alpha:g}",
+            )
+            + note
+        )
+        tableNode = self.logic.sliceTableNode()
+        if self.ui.resultsTableView.mrmlTableNode() != tableNode:
+            self.ui.resultsTableView.setMRMLTableNode(tableNode)
         self._updateButtons()
 
-    # ---- long work ---------------------------------------------------------------------
-    def _progress(self, stage, done, total):
-        """Engine progress callback: update the bar and keep Slicer responsive."""
-        self.ui.statusLabel.text = f"{stage}: {done} of {total}" if total else stage
-        self.ui.progressBar.maximum = max(int(total), 0)
-        self.ui.progressBar.value = int(done)
-        slicer.app.processEvents()
+    # ---- jobs in the child process ---------------------------------------------------------
+    def startJob(self, start, onDone):
+        """Start a job (start() returns it) after the dependency check; poll it with the
+        timer and call onDone(value) when it succeeded. Returns the job, or None."""
+        if self.busy() or not self.logic.ensureDependencies():
+            return None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start the work."), waitCursor=True):
+                job = start()
+        except Exception:
+            return None
+        self._job, self._onJobDone = job, onDone
+        self.ui.statusLabel.text = job.title
+        self.ui.progressBar.minimum = 0
+        self.ui.progressBar.maximum = 0  # busy until the first progress line
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.cancelButton.enabled = True
+        self.ui.cancelButton.show()
+        self._updateButtons()
+        self._pollTimer.start()
+        return job
 
-    def _cancel(self):
-        slicer.app.processEvents()
-        return self._cancelRequested
+    def pollJob(self):
+        """The timer's slot: show the child's progress; when it ended, show the outcome."""
+        job = self._job
+        if job is None:
+            self._pollTimer.stop()
+            return
+        state = job.poll()
+        stage, done, total = job.progress
+        self.ui.progressBar.maximum = max(int(total), 0)
+        self.ui.progressBar.value = min(int(done), max(int(total), 0))
+        if state == RUNNING:
+            if not self.ui.cancelButton.enabled:
+                return  # keep "Stopping..." on the status line
+            self.ui.statusLabel.text = job.statusText()
+            return
+        self._pollTimer.stop()
+        self._job, onDone = None, self._onJobDone
+        self._onJobDone = None
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        if state == SUCCEEDED:
+            self.ui.statusLabel.text = _("{title}: done.").format(title=job.title)
+            if onDone is not None:
+                with slicer.util.tryWithErrorDisplay(_("Could not show the results.")):
+                    onDone(job.value)
+        elif state == CANCELLED:
+            self.ui.statusLabel.text = _("{title}: cancelled.").format(title=job.title)
+        else:
+            self.ui.statusLabel.text = _("{title}: failed.").format(title=job.title)
+            exc = job.exception
+            logging.error("%s failed: %s\n%s", job.title, exc, getattr(exc, "workerLog", ""))
+            slicer.util.errorDisplay(
+                _("{title} failed: {message}").format(title=job.title, message=exc),
+                detailedText=getattr(exc, "workerLog", "") or None,
+            )
+        self._updateButtons()
 
     def onCancel(self):
-        self._cancelRequested = True
-        self.ui.statusLabel.text = "Stopping..."
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.cancelButton.enabled = False
+            self.ui.statusLabel.text = _("Stopping...")
 
-    def _runLong(self, title, work):
-        """Run work() with progress, Cancel and errors shown as Slicer does; returns its result."""
-        if self._busy:
-            return None
-        if not self.logic.ensureDependencies():
-            return None
-        self._busy = True
-        self._cancelRequested = False
-        self.ui.progressBar.show()
-        self.ui.cancelButton.show()
-        self.ui.statusLabel.text = title
-        self._updateButtons()
-        slicer.app.processEvents()
-        try:
-            from MemorizationIndexLib.errors import CancelledError, MemorizationIndexError
-
-            try:
-                value = work()
-            except CancelledError:
-                self.ui.statusLabel.text = f"{title}: cancelled."
-                return None
-            except MemorizationIndexError as exc:
-                self.ui.statusLabel.text = f"{title}: failed."
-                slicer.util.errorDisplay(str(exc), detailedText=traceback.format_exc())
-                return None
-            self.ui.statusLabel.text = f"{title}: done."
-            return value
-        except Exception as exc:
-            self.ui.statusLabel.text = f"{title}: failed."
-            logging.error(traceback.format_exc())
-            slicer.util.errorDisplay(f"{title} failed: {exc}", detailedText=traceback.format_exc())
-            return None
-        finally:
-            self._busy = False
-            self.ui.progressBar.hide()
-            self.ui.cancelButton.hide()
-            self._updateButtons()
-
-    # ---- buttons -----------------------------------------------------------------------
+    # ---- buttons ---------------------------------------------------------------------------
     def onBuildBank(self):
         p = self._parameterNode
 
-        def work():
-            return self.logic.buildBank(
+        def start():
+            return self.logic.startBuildBank(
                 _pathOrNone(p.trainingFolder),
                 _pathOrNone(p.bankFolder),
                 imageSize=p.imageSize,
@@ -328,55 +392,56 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 stride=p.stride,
                 checkpoint=_pathOrNone(p.checkpointFile),
                 device=p.device,
-                progress=self._progress,
-                cancel=self._cancel,
             )
 
-        self._runLong("Building the bank", work)
+        return self.startJob(start, lambda bank: self._bankLoaded(bank))
+
+    def _bankLoaded(self, bank):
+        if bank is not None:
+            self._parameterNode.imageSize = bank.settings.image_size
+            self._parameterNode.sliceAxis = bank.settings.axis
         self._updateBankStatus()
+        self._updateButtons()
 
     def onLoadBank(self):
-        def work():
-            return self.logic.loadBank(_pathOrNone(self._parameterNode.bankFolder))
-
-        bank = self._runLong("Loading the bank", work)
-        if bank is not None:
-            p = self._parameterNode
-            p.imageSize = bank.settings.image_size
-            p.sliceAxis = bank.settings.axis
-        self._updateBankStatus()
+        if self.busy() or not self.logic.ensureDependencies():
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not load the bank."), waitCursor=True):
+                bank = self.logic.loadBank(_pathOrNone(self._parameterNode.bankFolder))
+        except Exception:
+            bank = None
+        self._bankLoaded(bank)
 
     def onScore(self):
         p = self._parameterNode
-        common = {
+        options = {
             "alpha": p.alpha,
             "checkpoint": _pathOrNone(p.checkpointFile),
             "device": p.device,
-            "progress": self._progress,
-            "cancel": self._cancel,
         }
 
-        def work():
+        def start():
             if p.scoreInput == SCORE_FROM_FOLDER:
-                return self.logic.scoreFolder(_pathOrNone(p.syntheticFolder), **common)
-            return self.logic.scoreVolume(p.syntheticVolume, **common)
+                return self.logic.startScoreFolder(_pathOrNone(p.syntheticFolder), **options)
+            return self.logic.startScoreVolumes([p.syntheticVolume], **options)
 
-        result = self._runLong("Scoring", work)
-        if result is None:
-            return
+        return self.startJob(start, self._scored)
+
+    def _scored(self, result):
         self._showResult(result)
         copies = self.logic.suspectedCopies()
         if copies:
-            self._showSlice(copies[0])
+            self.showSlice(copies[0])
         elif self.logic.tableRows:
-            self._showSlice(self.logic.tableRows[0])
+            self.showSlice(self.logic.tableRows[0])
 
-    def _showSlice(self, sliceIndex):
+    def showSlice(self, sliceIndex):
         """Show one result slice over its match and select its table row."""
         p = self._parameterNode
         try:
             with slicer.util.tryWithErrorDisplay(
-                "Could not show the nearest training match.", waitCursor=True
+                _("Could not show the nearest training match."), waitCursor=True
             ):
                 self.logic.showMatch(
                     sliceIndex,
@@ -392,43 +457,53 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             f"(view {row['transform']}; MI {row['mi']:.6f})"
         )
         self._showResult(self.logic.result)
-        self.ui.resultsTableView.selectRow(self.logic.tableRows.index(sliceIndex))
+        view = self.ui.resultsTableView
+        sourceIndex = view.tableModel().index(self.logic.modelRowOfSliceIndex(sliceIndex), 0)
+        view.selectRow(view.sortFilterProxyModel().mapFromSource(sourceIndex).row())
 
-    def onTableRowActivated(self, index):
-        if self._busy or self.logic.result is None or not index.isValid():
+    def onTableRowClicked(self, index):
+        if self.busy() or self.logic.result is None or not index.isValid():
             return
-        row = index.row()
-        if 0 <= row < len(self.logic.tableRows):
-            self._showSlice(self.logic.tableRows[row])
+        # The view shows the table model through a sort/filter proxy model.
+        sourceIndex = self.ui.resultsTableView.sortFilterProxyModel().mapToSource(index)
+        sliceIndex = self.logic.sliceIndexOfModelRow(sourceIndex.row())
+        if sliceIndex is not None:
+            self.showSlice(sliceIndex)
 
     def onStepCopy(self, step):
-        if self._busy:
+        if self.busy():
             return
         copies = self.logic.suspectedCopies()
         if not copies:
-            self.ui.statusLabel.text = "No slice is flagged as a copy."
+            self.ui.statusLabel.text = _("No slice is flagged as a copy.")
             return
         current = self.logic.currentSliceIndex
         position = copies.index(current) + step if current in copies else 0
-        self._showSlice(copies[position % len(copies)])
+        self.showSlice(copies[position % len(copies)])
 
     def onOpacityChanged(self, value):
+        if self.busy():
+            return
         if not self._parameterNode or not self._parameterNode.sideBySide:
             self.logic.setOverlayOpacity(value)
 
     def onSideBySideToggled(self, sideBySide):
+        if self.busy():
+            return
         try:
-            with slicer.util.tryWithErrorDisplay("Could not change the layout.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(
+                _("Could not change the layout."), waitCursor=True
+            ):
                 self.logic.setCompareLayout(sideBySide)
                 if not sideBySide:
                     self.logic.setOverlayOpacity(self._parameterNode.overlayOpacity)
         except Exception:
-            logging.debug(traceback.format_exc())
+            logging.debug("MemorizationIndex: the layout did not change", exc_info=True)
 
     def onShowPlot(self):
         chartNode = self.logic.plotChartNode()
         if chartNode is None:
-            slicer.util.errorDisplay("Score a volume first: there is no plot yet.")
+            slicer.util.errorDisplay(_("Score a volume first: there is no plot yet."))
             return
         slicer.modules.plots.logic().ShowChartInLayout(chartNode)
 
@@ -449,7 +524,9 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic, MemorizationIndexScene
         result = logic.scoreVolume(slicer.util.getNode("synthetic_001"))
         logic.showMatch(logic.suspectedCopies()[0], opacity=0.5)
 
-    All methods besides those below come from MemorizationIndexSceneLogic.
+    buildBank and the score calls run the work in a child process and wait for it; the
+    start... calls return the job at once. All methods besides those below come from
+    MemorizationIndexSlicer.logic.MemorizationIndexSceneLogic.
     """
 
     def __init__(self):
@@ -459,98 +536,15 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic, MemorizationIndexScene
     def getParameterNode(self):
         return MemorizationIndexParameterNode(super().getParameterNode())
 
-    def resetForNewScene(self, scene):
-        """Forget nodes of a closed scene; the loaded bank stays."""
-        self.scene = scene
-        self.result = None
-        self.tableRows = []
-        self.currentSliceIndex = None
-        self._syntheticNodeIDs = {}
-        self._loadedNodeIDs = {}
-
     def missingDependencies(self):
-        """pip names of the engine's packages that cannot be imported here."""
-        import importlib.util
-
-        return [
-            pip
-            for module, pip in ENGINE_IMPORTS.items()
-            if importlib.util.find_spec(module) is None
-        ]
+        """Names of the engine's packages that are missing here ("torch" when PyTorch is
+        missing or older than the engine needs)."""
+        return dependencies.missingDependencies()
 
     def ensureDependencies(self):
-        """Install the engine's Python packages on first use, after the user agrees.
-
-        torch through the PyTorch extension when it is installed (it picks the CUDA build),
-        the rest from Resources/requirements.txt: with Slicer's pip_ensure (5.12+: it asks,
-        shows progress and skips installing in testing) or, on older Slicer, after a
-        confirmation with slicer.util.pip_install. Returns True when everything imports.
-        """
-        missing = self.missingDependencies()
-        if not missing:
-            return True
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                PyTorchUtils = None
-            if PyTorchUtils is not None:
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if (
-                    not torchLogic.torchInstalled()
-                    and torchLogic.installTorch(askConfirmation=True) is None
-                ):
-                    slicer.util.errorDisplay(
-                        "MemorizationIndex needs PyTorch, which was not installed. Install it "
-                        "from the PyTorch Utils module and try again."
-                    )
-                    return False
-        requirementsPath = self.resourcePath("requirements.txt")
-        packaging = self._slicerPackaging()
-        try:
-            if packaging is not None:
-                packaging.pip_ensure(
-                    packaging.load_requirements(requirementsPath), requester="MemorizationIndex"
-                )
-            else:
-                missing = self.missingDependencies()
-                text = (
-                    "MemorizationIndex needs these Python packages, which are not installed: "
-                    + ", ".join(missing)
-                    + ".\n\nInstall them now? This needs a network connection and may take minutes."
-                )
-                if not slicer.util.confirmOkCancelDisplay(text, "Install Python packages"):
-                    return False
-                slicer.util.pip_install(["-r", requirementsPath])
-        except Exception as exc:
-            slicer.util.errorDisplay(
-                f"The Python packages MemorizationIndex needs could not be installed: {exc}",
-                detailedText=traceback.format_exc(),
-            )
-            return False
-        missing = self.missingDependencies()
-        if missing:
-            slicer.util.errorDisplay(
-                "MemorizationIndex cannot run without these Python packages: "
-                + ", ".join(missing)
-                + f". Install them (see {requirementsPath}) and try again."
-            )
-            return False
-        return True
-
-    @staticmethod
-    def _slicerPackaging():
-        """Slicer's pip_ensure module (slicer.packaging; slicer.pydeps in early 5.11), or None."""
-        import importlib
-
-        for name in ("slicer.packaging", "slicer.pydeps"):
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                continue
-            if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements"):
-                return module
-        return None
+        """Install the engine's Python packages on first use, after asking once (PyTorch
+        through the PyTorch extension). Returns True when everything is there."""
+        return dependencies.ensureDependencies(self.resourcePath("requirements.txt"))
 
     def resourcePath(self, relativePath):
         return os.path.join(os.path.dirname(__file__), "Resources", relativePath)
@@ -562,7 +556,11 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic, MemorizationIndexScene
 
 
 class MemorizationIndexTest(ScriptedLoadableModuleTest):
-    """Runs the logic on generated data inside Slicer: build, score, overlay."""
+    """Runs the whole pipeline inside Slicer on data it makes: build, score, table, overlay.
+
+    Reload and Test calls runTest() directly, so a missing dependency is reported and the
+    test returns (a skip would show as a failure there).
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -572,15 +570,19 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         self.test_MemorizationIndexCopiedSlice()
 
     def test_MemorizationIndexCopiedSlice(self):
-        """A synthetic volume holding a (flipped) training slice is flagged and overlaid."""
-        import numpy as np
-        import SimpleITK as sitk
-
+        """A synthetic volume holding (flipped) training slices is flagged and overlaid."""
         self.delayDisplay("Starting the test")
         logic = MemorizationIndexLogic()
-        if logic.missingDependencies():
-            self.skipTest("the engine's Python packages are not installed")
-        from MemorizationIndexLib.bank.settings import BankSettings
+        missing = logic.missingDependencies()
+        if missing:
+            self.delayDisplay(
+                "Not run: the engine's Python packages are not installed ("
+                + ", ".join(missing)
+                + "). Click Build bank or Score once to install them, then run the test again."
+            )
+            return
+        import numpy as np
+        import SimpleITK as sitk
 
         tempDir = Path(slicer.util.tempDirectory("MemorizationIndexTest"))
         (tempDir / "train").mkdir(parents=True, exist_ok=True)
@@ -602,14 +604,23 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
             image.SetSpacing((1.0, 1.2, 2.0))
             sitk.WriteImage(image, str(tempDir / "train" / f"train-{i}.nii.gz"))
             training.append(voxels)
-        settings = BankSettings(
-            image_size=32, layers=(1,), flips=("none", "hflip"), null_max_slices=100
-        )
+        settings = {
+            "image_size": 32,
+            "layers": [1],
+            "flips": ["none", "hflip"],
+            "null_max_slices": 100,
+        }
+        stages = []
         bank = logic.buildBank(
-            str(tempDir / "train"), str(tempDir / "bank"), settings=settings, device="cpu"
+            str(tempDir / "train"),
+            str(tempDir / "bank"),
+            settings=settings,
+            device="cpu",
+            progress=lambda stage, done, total: stages.append(stage),
         )
         self.assertEqual(len(bank.volumes), 3)
-        self.delayDisplay("Built the bank")
+        self.assertTrue(stages, "the child process reported no progress")
+        self.delayDisplay("Built the bank in a child process")
 
         synthetic = headLikeScan()
         for k in range(-2, 4):  # slices 3-8 copy training slices 5-10, left-right flipped
@@ -625,7 +636,10 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         self.assertIn(result.slices[logic.tableRows[0]]["slice_index"], range(3, 9))
         tableNode = slicer.util.getNode("MemorizationIndex slices")
         self.assertEqual(tableNode.GetNumberOfRows(), len(result.slices))
-        self.delayDisplay("Scored the synthetic volume")
+        # Model row k of the table view is table row k, the k-th most suspicious slice.
+        self.assertTrue(tableNode.GetUseColumnTitleAsColumnHeader())
+        self.assertEqual(logic.sliceIndexOfModelRow(0), logic.tableRows[0])
+        self.delayDisplay("Scored the synthetic volume in a child process")
 
         _, matchNode, transformNode = logic.showMatch(copied, opacity=0.5)
         composite = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
-# The module folder holds MemorizationIndexSceneLogic (Slicer puts it on sys.path itself).
+# The module folder holds the MemorizationIndexSlicer package (Slicer puts the folder on
+# sys.path itself).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MemorizationIndex"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from MemorizationIndexSceneLogic import (  # noqa: E402
-    MemorizationIndexSceneLogic,
-    createSceneWithSliceViews,
-)
+from MemorizationIndexSlicer.headless import createSceneWithSliceViews  # noqa: E402
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic  # noqa: E402
+from MemorizationIndexSlicer.process import RUNNING  # noqa: E402
 from slicer_test_helpers import (  # noqa: E402
     SHAPE,
     SLICE_VIEWS,
@@ -62,17 +64,31 @@ def training_set(tmp_path_factory) -> TrainingSet:
 
 
 @pytest.fixture(scope="session")
-def bank_folder(training_set, tmp_path_factory):
-    """A bank built once through the logic (the same call the panel's Build bank makes)."""
+def bank_build(training_set, tmp_path_factory):
+    """A bank built once through the logic, as the panel builds one: started in a child
+    process and polled until done. Keeps what the polling saw, for the child-process tests."""
     out = tmp_path_factory.mktemp("bank") / "bank"
-    MemorizationIndexSceneLogic().buildBank(
+    stages = []
+    job = MemorizationIndexSceneLogic().startBuildBank(
         training_set.folder,
         out,
         settings=tiny_bank_settings(),
         encoderConfig=tiny_encoder_config(),
         device="cpu",
+        onProgress=lambda stage, done, total: stages.append((stage, done, total)),
     )
-    return out
+    polls = 0
+    while job.poll() == RUNNING:
+        polls += 1
+        time.sleep(0.05)
+    if job.exception is not None:
+        raise job.exception
+    return SimpleNamespace(folder=out, job=job, stages=stages, polls=polls)
+
+
+@pytest.fixture(scope="session")
+def bank_folder(bank_build):
+    return bank_build.folder
 
 
 @pytest.fixture()

@@ -53,7 +53,8 @@ def consoleExample(logic, trainingFolder, bankFolder, syntheticVolume, **bankOpt
 def main(argv):
     """Run the example on a fresh slicer-core scene (outside Slicer)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MemorizationIndex"))
-    from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, createSceneWithSliceViews
+    from MemorizationIndexSlicer.headless import createSceneWithSliceViews
+    from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
 
     trainingFolder, bankFolder, syntheticFile = argv
     scene, appLogic = createSceneWithSliceViews()

@@ -99,12 +99,10 @@ def render_pictures(work: Path):
     import slicer.util
     from MemorizationIndexLib.bank.settings import BankSettings
     from MemorizationIndexLib.demo.cohort import augment, load_template, make_subject, write_volume
-    from MemorizationIndexSceneLogic import (
-        MemorizationIndexSceneLogic,
-        createSceneWithSliceViews,
-        ijkToRASFromImage,
-        savePNG,
-    )
+    from MemorizationIndexSlicer.headless import createSceneWithSliceViews
+    from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+    from MemorizationIndexSlicer.views import savePNG
+    from MemorizationIndexSlicer.volumes import ijkToRASFromImage
 
     template_image = load_template(2.0)
     template = sitk.GetArrayFromImage(template_image)

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import console_example
-from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
 from slicer_test_helpers import (
     add_volume,
     synthetic_with_copy,

@@ -6,15 +6,21 @@ real. This checks the module's wiring (module metadata, the logic on the applica
 scene, the parameter node) and the first-use dependency install in each Slicer generation.
 """
 
+import contextlib
 import importlib
 import sys
+import textwrap
+import time
 import types
 import unittest
 from pathlib import Path
 
 import pytest
 import slicer
-from MemorizationIndexSceneLogic import MemorizationIndexSceneLogic, createSceneWithSliceViews
+from MemorizationIndexSlicer import dependencies
+from MemorizationIndexSlicer.headless import createSceneWithSliceViews
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.process import ChildProcess, Job
 from slicer_test_helpers import tiny_encoder_config
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "MemorizationIndex"
@@ -66,6 +72,19 @@ class FakeApp:
         return True
 
 
+class FakeTimer:
+    """qt.QTimer: the module's panel connects its timeout to the job's poll."""
+
+    def __init__(self):
+        self.slots = []
+
+    def setInterval(self, msec):
+        self.interval = msec
+
+    def connect(self, signal, slot):
+        self.slots.append((signal, slot))
+
+
 @pytest.fixture()
 def module(monkeypatch):
     """The module file, imported against a real scene and fake application classes."""
@@ -79,6 +98,13 @@ def module(monkeypatch):
     wrapper.parameterNodeWrapper = fake_parameter_node_wrapper
     wrapper.Choice = lambda choices: ("Choice", tuple(choices))
     wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+    translations = types.ModuleType("slicer.i18n")
+    translations.tr = lambda text: text
+    translations.translate = lambda context, text: text
+    qt = types.ModuleType("qt")
+    qt.QTimer = FakeTimer
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "slicer.i18n", translations)
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
@@ -97,6 +123,7 @@ def test_module_describes_itself_to_slicer(module):
     assert parent.title == "Memorization Index"
     assert parent.categories == ["Quantification"]
     assert "Memorization Index" in parent.helpText and parent.contributors
+    assert "5.10" in module.__doc__
 
 
 def test_logic_is_the_scene_logic_on_the_applications_scene(module):
@@ -116,13 +143,6 @@ def test_logic_is_the_scene_logic_on_the_applications_scene(module):
     assert logic.result is None and logic.tableRows == []
 
 
-def test_nothing_is_installed_when_everything_imports(module, monkeypatch):
-    logic = module.MemorizationIndexLogic()
-    assert logic.missingDependencies() == []  # this venv has the engine's packages
-    monkeypatch.setattr(logic, "_slicerPackaging", lambda: pytest.fail("asked to install"))
-    assert logic.ensureDependencies() is True
-
-
 class Recorder:
     def __init__(self):
         self.calls = []
@@ -134,69 +154,133 @@ class Recorder:
 
         return record
 
+    def names(self):
+        return [c[0] for c in self.calls]
 
-def test_missing_packages_go_through_pip_ensure_on_current_slicer(module, monkeypatch):
-    logic = module.MemorizationIndexLogic()
-    missing = ["faiss-cpu"]
-    monkeypatch.setattr(logic, "missingDependencies", lambda: list(missing))
+
+@pytest.fixture()
+def installer(module, monkeypatch):
+    """The dependency flow of a Slicer that is not in testing mode, with every dialog,
+    the PyTorch extension and slicer.packaging replaced by recorders."""
     record = Recorder()
-    packaging = types.SimpleNamespace(
-        load_requirements=record("load_requirements", ["faiss-cpu>=1.8"]),
-        pip_ensure=lambda *a, **k: (record("pip_ensure")(*a, **k), missing.clear()),
-    )
-    monkeypatch.setattr(logic, "_slicerPackaging", lambda: packaging)
-    assert logic.ensureDependencies() is True
-    (_, (path,), _), (_, (requirements,), options) = record.calls
-    assert path == logic.resourcePath("requirements.txt")
-    assert requirements == ["faiss-cpu>=1.8"] and options == {"requester": "MemorizationIndex"}
-
-
-def test_older_slicer_asks_before_pip_install_and_respects_no(module, monkeypatch):
-    logic = module.MemorizationIndexLogic()
-    monkeypatch.setattr(logic, "missingDependencies", lambda: ["scipy"])
-    monkeypatch.setattr(logic, "_slicerPackaging", lambda: None)
-    record = Recorder()
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", record("confirm", False))
+    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False, raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", record("confirm", True))
+    monkeypatch.setattr(slicer.util, "errorDisplay", record("error"))
     monkeypatch.setattr(slicer.util, "pip_install", record("pip_install"))
-    assert logic.ensureDependencies() is False
-    assert [c[0] for c in record.calls] == ["confirm"]  # declined: nothing installed
-    assert "scipy" in record.calls[0][1][0]
-
-
-def test_torch_comes_from_the_pytorch_extension_when_it_is_there(module, monkeypatch):
-    logic = module.MemorizationIndexLogic()
-    missing = ["torch"]
-    monkeypatch.setattr(logic, "missingDependencies", lambda: list(missing))
-    record = Recorder()
+    missing = {"torch": "PyTorch is not installed", "pip": ["faiss-cpu>=1.8"]}
+    monkeypatch.setattr(dependencies, "torchProblem", lambda: missing["torch"])
+    monkeypatch.setattr(dependencies, "missingPipPackages", lambda: list(missing["pip"]))
 
     class FakePyTorchUtilsLogic:
-        def torchInstalled(self):
-            return False
-
-        def installTorch(self, askConfirmation=False):
-            record("installTorch")(askConfirmation=askConfirmation)
-            missing.clear()
+        def installTorch(self, **kwargs):
+            record("installTorch")(**kwargs)
+            missing["torch"] = ""
             return object()
 
-    monkeypatch.setitem(
-        sys.modules,
-        "PyTorchUtils",
-        types.SimpleNamespace(PyTorchUtilsLogic=FakePyTorchUtilsLogic),
-    )
+    def pip_ensure(*args, **kwargs):
+        record("pip_ensure")(*args, **kwargs)
+        missing["pip"] = []
+
     packaging = types.SimpleNamespace(
-        load_requirements=lambda path: [], pip_ensure=record("pip_ensure")
+        load_requirements=record("load_requirements", ["faiss-cpu>=1.8", "tqdm>=4.60"]),
+        pip_ensure=pip_ensure,
     )
-    monkeypatch.setattr(logic, "_slicerPackaging", lambda: packaging)
+    monkeypatch.setattr(
+        dependencies,
+        "pyTorchUtils",
+        lambda: types.SimpleNamespace(PyTorchUtilsLogic=FakePyTorchUtilsLogic),
+    )
+    monkeypatch.setattr(dependencies, "slicerPackaging", lambda: packaging)
+    return types.SimpleNamespace(record=record, missing=missing, packaging=packaging)
+
+
+def test_nothing_is_installed_or_asked_when_everything_is_there(module, installer):
+    installer.missing.update(torch="", pip=[])
+    assert module.MemorizationIndexLogic().ensureDependencies() is True
+    assert installer.record.calls == []
+
+
+def test_one_question_then_torch_from_the_pytorch_extension_and_pip_ensure(module, installer):
+    """Slicer 5.12+: asked once for everything; PyTorch Utils installs torch with the
+    engine's version requirement; pip_ensure does not ask again."""
+    logic = module.MemorizationIndexLogic()
     assert logic.ensureDependencies() is True
-    assert record.calls[0] == ("installTorch", (), {"askConfirmation": True})
+    assert installer.record.names() == [
+        "confirm",
+        "installTorch",
+        "load_requirements",
+        "pip_ensure",
+    ]
+    question = installer.record.calls[0][1][0]
+    assert "PyTorch >=2.1" in question and "faiss-cpu>=1.8" in question
+    assert installer.record.calls[1][2] == {
+        "askConfirmation": False,
+        "torchVersionRequirement": ">=2.1",
+    }
+    assert installer.record.calls[2][1] == (logic.resourcePath("requirements.txt"),)
+    (requirements,), options = installer.record.calls[3][1:]
+    assert requirements == ["faiss-cpu>=1.8", "tqdm>=4.60"]
+    assert options == {"prompt_install": False, "requester": "MemorizationIndex"}
 
 
-def test_slicer_packaging_module_is_found_by_either_name(module, monkeypatch):
-    fake = types.ModuleType("slicer.packaging")
-    fake.pip_ensure = lambda *a, **k: None
-    fake.load_requirements = lambda path: []
-    monkeypatch.setitem(sys.modules, "slicer.packaging", fake)
-    assert module.MemorizationIndexLogic._slicerPackaging() is fake
+def test_slicer_5_10_uses_pip_install_after_the_same_single_question(
+    module, installer, monkeypatch
+):
+    monkeypatch.setattr(dependencies, "slicerPackaging", lambda: None)
+    installer.missing["torch"] = ""
+    monkeypatch.setattr(
+        slicer.util,
+        "pip_install",
+        lambda reqs: (installer.record("pip_install")(reqs), installer.missing.update(pip=[])),
+    )
+    assert module.MemorizationIndexLogic().ensureDependencies() is True
+    assert installer.record.names() == ["confirm", "pip_install"]
+    assert installer.record.calls[1][1] == (["faiss-cpu>=1.8"],)
+
+
+def test_declining_installs_nothing(module, installer, monkeypatch):
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", installer.record("confirm", False))
+    assert module.MemorizationIndexLogic().ensureDependencies() is False
+    assert installer.record.names() == ["confirm"]
+
+
+def test_without_the_pytorch_extension_the_user_is_told_to_install_it(
+    module, installer, monkeypatch
+):
+    monkeypatch.setattr(dependencies, "pyTorchUtils", lambda: None)
+    assert module.MemorizationIndexLogic().ensureDependencies() is False
+    assert installer.record.names() == ["error"]
+    assert "PyTorch extension" in installer.record.calls[0][1][0]
+    assert "Extensions Manager" in installer.record.calls[0][1][0]
+
+
+def test_testing_mode_asks_nothing_and_installs_nothing(module, installer, monkeypatch):
+    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: True, raising=False)
+    assert module.MemorizationIndexLogic().ensureDependencies() is False
+    assert installer.record.calls == []
+
+
+def test_an_old_torch_counts_as_missing(monkeypatch):
+    monkeypatch.setattr(dependencies, "installedTorchVersion", lambda: "1.13.1+cu117")
+    assert "1.13.1+cu117" in dependencies.torchProblem()
+    assert "torch" in dependencies.missingDependencies()
+    monkeypatch.setattr(dependencies, "installedTorchVersion", lambda: "2.13.0+cpu")
+    assert dependencies.torchProblem() == ""
+    assert dependencies.versionTuple("2.1.0a0+git") == (2, 1, 0)
+
+
+def test_this_environment_has_every_dependency(module):
+    assert module.MemorizationIndexLogic().missingDependencies() == []
+
+
+def test_self_test_says_what_is_missing_and_returns(module, monkeypatch):
+    """Reload and Test calls runTest() directly: no SkipTest (a failure dialog there)."""
+    monkeypatch.setattr(dependencies, "missingDependencies", lambda: ["faiss-cpu", "torch"])
+    test = module.MemorizationIndexTest()
+    shown = []
+    test.delayDisplay = lambda message, msec=0: shown.append(message)
+    test.runTest()  # returns, does not raise
+    assert any("Not run" in m and "faiss-cpu, torch" in m for m in shown)
 
 
 def test_the_in_slicer_self_test_passes(module, monkeypatch, tmp_path):
@@ -225,3 +309,185 @@ def test_the_in_slicer_self_test_passes(module, monkeypatch, tmp_path):
     test = module.MemorizationIndexTest()
     test.runTest()
     assert scene.GetFirstNodeByName("synthetic") is not None
+
+
+# ---- the panel's jobs: a QTimer calls pollJob; stand-in widgets record what it shows --------
+
+
+class FakeWidget:
+    """The Qt properties and methods the panel uses on its widgets."""
+
+    def __init__(self):
+        self.text, self.toolTip = "", ""
+        self.enabled, self.visible, self.checked = True, True, False
+        self.minimum, self.maximum, self.value = 0, 100, 0
+
+    def show(self):
+        self.visible = True
+
+    def hide(self):
+        self.visible = False
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+    def mrmlTableNode(self):
+        return getattr(self, "tableNode", None)
+
+
+class FakeUi:
+    def __getattr__(self, name):
+        widget = FakeWidget()
+        setattr(self, name, widget)
+        return widget
+
+
+class RunningTimer(FakeTimer):
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+@pytest.fixture()
+def panel(module, monkeypatch):
+    """The module's widget with stand-in Qt widgets, the real logic and job classes."""
+    record = Recorder()
+    monkeypatch.setattr(slicer.util, "errorDisplay", record("error"))
+    monkeypatch.setattr(
+        slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext()
+    )
+    widget = module.MemorizationIndexWidget.__new__(module.MemorizationIndexWidget)
+    widget.ui = FakeUi()
+    widget.logic = module.MemorizationIndexLogic()
+    widget.logic.ensureDependencies = lambda: True
+    widget._parameterNode = types.SimpleNamespace(
+        scoreInput=module.SCORE_FROM_VOLUME,
+        trainingFolder="/train",
+        bankFolder="/bank",
+        syntheticFolder="",
+        syntheticVolume=None,
+        overlayOpacity=0.5,
+        sideBySide=False,
+    )
+    widget._job, widget._onJobDone = None, None
+    widget._pollTimer = RunningTimer()
+    return types.SimpleNamespace(widget=widget, dialogs=record)
+
+
+def stand_in_job(body, title="Building the bank", finish=lambda child: "the bank"):
+    command = [sys.executable, "-c", textwrap.dedent(body)]
+    return Job(title, ChildProcess(command).start(), finish=finish)
+
+
+def poll_until_idle(widget, seen=None, timeout=30):
+    deadline = time.monotonic() + timeout
+    while widget._pollTimer.active:
+        assert time.monotonic() < deadline
+        widget.pollJob()  # what the timer's timeout() calls
+        if seen is not None:
+            seen.append(
+                (
+                    widget.ui.statusLabel.text,
+                    widget.ui.progressBar.maximum,
+                    widget.ui.progressBar.value,
+                )
+            )
+        time.sleep(0.02)
+
+
+def test_panel_shows_whole_number_progress_and_the_result(panel):
+    widget, done = panel.widget, []
+    job = widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, time
+            for k in range(4):
+                print(json.dumps({"event": "progress", "stage": "Encoding training scans",
+                                  "done": k * 2.3333333, "total": 10}), flush=True)
+                time.sleep(0.1)
+            print(json.dumps({"event": "result"}), flush=True)
+            """
+        ),
+        done.append,
+    )
+    assert job is not None and widget.busy() and widget._pollTimer.active
+    assert widget.ui.cancelButton.visible and widget.ui.progressBar.visible
+    for name in (
+        "buildBankButton",
+        "scoreButton",
+        "overlayOpacitySliderWidget",
+        "sideBySideButton",
+    ):
+        assert not getattr(widget.ui, name).enabled, name  # locked while the job runs
+    seen = []
+    poll_until_idle(widget, seen)
+    counts = {text for text, _, _ in seen if " of " in text}
+    assert counts <= {f"Encoding training scans: {n} of 10" for n in (0, 2, 4, 6)}, counts
+    assert counts and all(isinstance(v, int) for _, _, v in seen)
+    assert done == ["the bank"]
+    assert widget.ui.statusLabel.text == "Building the bank: done."
+    assert not widget.busy() and not widget.ui.progressBar.visible
+    assert widget.ui.overlayOpacitySliderWidget.enabled and widget.ui.sideBySideButton.enabled
+    assert panel.dialogs.calls == []
+
+
+def test_panel_shows_a_failing_child_in_the_error_dialog(panel):
+    widget, done = panel.widget, []
+    widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, sys
+            print("reading /data/broken.nii.gz", file=sys.stderr, flush=True)
+            print(json.dumps({"event": "error", "type": "InputError",
+                              "message": "None of the synthetic scans could be used",
+                              "traceback": "Traceback (most recent call last): ..."}))
+            sys.exit(1)
+            """,
+            title="Scoring",
+        ),
+        done.append,
+    )
+    poll_until_idle(widget)
+    assert done == [] and widget.ui.statusLabel.text == "Scoring: failed."
+    ((name, (message,), options),) = panel.dialogs.calls
+    assert "None of the synthetic scans could be used" in message
+    assert "Traceback" in options["detailedText"]
+    assert "reading /data/broken.nii.gz" in options["detailedText"]
+
+
+def test_panel_cancel_stops_the_child(panel):
+    widget, done = panel.widget, []
+    widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, time
+            print(json.dumps({"event": "progress", "stage": "Encoding", "done": 1, "total": 9}),
+                  flush=True)
+            time.sleep(60)
+            """
+        ),
+        done.append,
+    )
+    while not widget._job.progress[0]:
+        widget.pollJob()
+        time.sleep(0.02)
+    widget.onCancel()
+    assert widget.ui.statusLabel.text == "Stopping..." and not widget.ui.cancelButton.enabled
+    widget.pollJob()
+    assert widget.ui.statusLabel.text in ("Stopping...", "Building the bank: cancelled.")
+    poll_until_idle(widget)
+    assert widget.ui.statusLabel.text == "Building the bank: cancelled."
+    assert done == [] and panel.dialogs.calls == [] and not widget.busy()
+
+
+def test_panel_handles_a_table_click_once(module):
+    """clicked(QModelIndex) only: activated would run the same row again on a click."""
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert source.count("resultsTableView.connect(") == 1
+    assert '"clicked(QModelIndex)"' in source and "activated(QModelIndex)" not in source

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import slicer.util
 import vtk
-from MemorizationIndexSceneLogic import ATTR_ROLE, savePNG
+from MemorizationIndexSlicer import views
+from MemorizationIndexSlicer.views import savePNG
+from MemorizationIndexSlicer.volumes import ATTR_ROLE
 from slicer_test_helpers import add_volume, copied_row, synthetic_with_copy
 
 
@@ -164,3 +166,26 @@ def test_side_by_side_shows_the_match_alone_in_the_second_view(logic, training_s
     assert layout.GetViewArrangement() == layout.SlicerLayoutFourUpView
     assert red.GetForegroundVolumeID() == match.GetID()
     assert red.GetForegroundOpacity() == pytest.approx(0.7)
+
+
+def test_an_oblique_volume_is_shown_in_its_own_plane(scene_and_app):
+    """Not resliced across the engine's slices: the view takes the volume's own slice plane
+    nearest the bank's axis (vtkMRMLSliceNode::RotateToVolumePlane), not RAS axial."""
+    scene, app = scene_and_app
+    tilt = np.radians(20.0)
+    rotation = np.array(
+        [[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]]
+    )
+    node = add_volume(scene, np.ones((12, 40, 48), np.float32), "oblique")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
+    ijk_to_ras[:3, :3] = rotation @ ijk_to_ras[:3, :3]
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    views.showLayers(scene, app, "Red", node, None, 0.0, "axial", (0.0, 0.0, 0.0))
+    slice_to_ras = slicer.util.arrayFromVTKMatrix(views.sliceNode(scene, "Red").GetSliceToRAS())
+    volume_axes = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    normal = slice_to_ras[:3, 2]
+    assert abs(normal @ volume_axes[:, 2]) == pytest.approx(1.0, abs=1e-9)  # the k axis
+    assert abs(slice_to_ras[:3, 0] @ volume_axes[:, 0]) == pytest.approx(1.0, abs=1e-9)
+    assert abs(normal @ np.array([0.0, 0.0, 1.0])) < 0.95  # RAS axial would be 1

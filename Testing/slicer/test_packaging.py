@@ -8,6 +8,7 @@ import ast
 import json
 import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ CATALOG_KEYS = {
     "tier",
 }
 CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
-SHIPS_WITH_SLICER = {"numpy", "simpleitk"}
+SHIPS_WITH_SLICER = {"numpy", "simpleitk", "scipy"}
+FROM_THE_PYTORCH_EXTENSION = {"torch"}
+GLUE = MODULE / "MemorizationIndexSlicer"
 
 
 def cmake_list(text, variable):
@@ -59,11 +62,20 @@ def extension_cmake():
     return (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
+def test_the_module_file_is_the_only_python_file_in_the_module_folder():
+    """Slicer (qSlicerScriptedLoadableModuleFactory) loads every .py file directly in a
+    scripted module's folder as a module: helpers live in packages below it."""
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["MemorizationIndex.py"]
+    assert (GLUE / "__init__.py").is_file()
+
+
 def test_module_cmake_lists_every_engine_file_and_module_script(module_cmake):
     listed = cmake_list(module_cmake, "MODULE_PYTHON_SCRIPTS")
     on_disk = {
-        str(p.relative_to(MODULE)) for p in (MODULE / "MemorizationIndexLib").rglob("*.py")
-    } | {"MemorizationIndex.py", "MemorizationIndexSceneLogic.py"}
+        p.relative_to(MODULE).as_posix()
+        for package in ("MemorizationIndexLib", "MemorizationIndexSlicer")
+        for p in (MODULE / package).rglob("*.py")
+    } | {"MemorizationIndex.py"}
     assert len(listed) == len(set(listed))
     assert set(listed) == on_disk, {
         "not listed": sorted(on_disk - set(listed)),
@@ -141,17 +153,23 @@ def test_requirements_agree_with_the_engines_dependencies():
     ]
     engine = {requirement_name(d): d.replace(" ", "") for d in project}
     listed = {requirement_name(line): line.replace(" ", "") for line in lines}
-    assert set(listed) == set(engine) - SHIPS_WITH_SLICER
+    # torch comes from the PyTorch extension only: pip_ensure would install a CPU build
+    # over the user's CUDA build.
+    assert set(listed) == set(engine) - SHIPS_WITH_SLICER - FROM_THE_PYTORCH_EXTENSION
     for name, spec in listed.items():
         assert spec == engine[name], name
-    # The module checks for each of them by its import name before installing anything.
-    tree = ast.parse((MODULE / "MemorizationIndex.py").read_text(encoding="utf-8"))
-    imports = next(
-        ast.literal_eval(n.value)
+    # The module checks for each of them by its import name before installing anything,
+    # and asks for the same torch the engine needs.
+    tree = ast.parse((GLUE / "dependencies.py").read_text(encoding="utf-8"))
+    assigned = {
+        n.targets[0].id: n.value
         for n in tree.body
-        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ENGINE_IMPORTS"
-    )
-    assert set(imports.values()) == set(listed)
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)
+    }
+    imports = ast.literal_eval(assigned["PIP_IMPORTS"])
+    assert {requirement_name(r): r for r in imports.values()} == listed
+    torch = ast.literal_eval(assigned["MINIMUM_TORCH"])
+    assert engine["torch"] == f"torch>={torch}"
 
 
 def top_level_imports(path):
@@ -169,9 +187,61 @@ def test_nothing_heavy_is_imported_when_slicer_loads_the_module():
     later, on first use), and the MRML glue must not need Qt."""
     heavy = {"MemorizationIndexLib", "torch", "faiss", "scipy", "tqdm", "SimpleITK"}
     assert not top_level_imports(MODULE / "MemorizationIndex.py") & heavy
-    assert not top_level_imports(MODULE / "MemorizationIndexSceneLogic.py") & (
-        heavy | {"qt", "ctk"}
+    for path in GLUE.glob("*.py"):
+        assert not top_level_imports(path) & (heavy | {"qt", "ctk"}), path.name
+
+
+def test_engine_calls_of_the_slicer_side_are_in_one_file():
+    """engine.py is the one place to re-point when the engine's names move."""
+    importers = set()
+    for path in [MODULE / "MemorizationIndex.py", *GLUE.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "MemorizationIndexLib" for n in names):
+                importers.add(path.name)
+    assert importers == {"engine.py"}
+
+
+def test_the_child_process_imports_only_the_standard_library_at_top_level():
+    """process.py starts before the engine is imported, in the child and in the panel."""
+    assert top_level_imports(GLUE / "process.py") <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_minimum_slicer_is_5_10_everywhere(extension_cmake):
+    assert re.search(r'set\(MemorizationIndex_MINIMUM_SLICER_VERSION "5\.10"\)', extension_cmake)
+    assert "find_package(Slicer ${MemorizationIndex_MINIMUM_SLICER_VERSION} REQUIRED)" in (
+        extension_cmake
     )
+    assert "5.10 or newer" in cmake_value(extension_cmake, "EXTENSION_DESCRIPTION")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Slicer 5.10 or newer" in readme
+    assert not re.search(r"5\.[4-8] or newer", readme)
+    assert "5.10" in (MODULE / "MemorizationIndex.py").read_text(encoding="utf-8")
+
+
+def test_no_code_path_for_a_slicer_that_does_not_exist():
+    for path in [MODULE / "MemorizationIndex.py", *GLUE.glob("*.py")]:
+        assert "pydeps" not in path.read_text(encoding="utf-8"), path
+
+
+def test_contributors_name_one_organisation(extension_cmake):
+    module = ast.parse((MODULE / "MemorizationIndex.py").read_text(encoding="utf-8"))
+    contributors = next(
+        ast.literal_eval(n.value)
+        for n in module.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CONTRIBUTORS"
+    )
+    authors = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "authors"
+    ]
+    organisation = authors[0]["name"]
+    assert "developers" not in organisation
+    assert all(c.startswith(organisation) for c in contributors)
+    assert cmake_value(extension_cmake, "EXTENSION_CONTRIBUTORS") == ", ".join(contributors)
 
 
 def test_the_engine_never_imports_slicer_or_qt_at_top_level():

@@ -5,15 +5,17 @@ import pytest
 import SimpleITK as sitk
 import vtk
 from MemorizationIndexLib.scans import ReadOptions, read_scan
-from MemorizationIndexSceneLogic import (
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.placement import (
     FLIP_SIGNS,
-    MemorizationIndexSceneLogic,
-    canonicalDirection,
-    imageFromVolumeNode,
     matchPlacementMatrix,
     poseOfRow,
     sliceFrame,
     snapPose,
+)
+from MemorizationIndexSlicer.volumes import (
+    canonicalDirection,
+    imageFromVolumeNode,
     volumeNodeFromImage,
 )
 from slicer_test_helpers import SLICE_VIEWS
@@ -176,7 +178,4 @@ def test_pose_of_a_row_without_or_with_broken_verification_is_just_the_flip():
     assert poseOfRow(row)[4] is False  # a pose with a hole is not used
     row["shift_y_mm"] = -0.5
     assert poseOfRow(row) == ("none", 4.0, (1.1, 0.95), (1.5, -0.5), True)
-    # A row of an earlier engine has one isotropic scale.
-    older = {"transform": "none", "verified_ncc": 0.9, "scale": 1.1}
-    assert poseOfRow(older)[2] == (1.1, 1.1)
     assert snapPose(0.1, (1.002, 0.9), (0.05, -0.3)) == (0.0, (1.0, 0.9), (0.0, -0.3))

@@ -6,11 +6,13 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 from MemorizationIndexLib.errors import BankError
-from MemorizationIndexSceneLogic import (
+from MemorizationIndexSlicer.headless import createSceneWithSliceViews
+from MemorizationIndexSlicer.logic import MemorizationIndexSceneLogic
+from MemorizationIndexSlicer.nodes import (
     PLOT_CHART_NAME,
     SLICE_TABLE_NAME,
-    MemorizationIndexSceneLogic,
-    createSceneWithSliceViews,
+    modelRowOfTableRow,
+    tableRowOfModelRow,
 )
 from slicer_test_helpers import SLICE_VIEWS, add_volume, copied_row, synthetic_with_copy
 
@@ -174,3 +176,30 @@ def test_scoring_without_a_bank_says_what_to_do(scene_and_app):
     node = add_volume(scene, np.ones((12, 40, 48), np.float32))
     with pytest.raises(BankError, match="build one or load"):
         MemorizationIndexSceneLogic(scene, app).scoreVolume(node)
+
+
+def test_table_view_row_k_is_table_row_k_and_shows_its_slice(scored):
+    """qMRMLTableModel shows column names as model row 0 unless the table node uses column
+    titles as the header; the slice table does, so a click on row k is table row k."""
+    logic, _, result = scored
+    table_node = logic.sliceTableNode()
+    assert table_node.GetUseColumnTitleAsColumnHeader()
+    slices, volumes = column(table_node, "slice"), column(table_node, "volume")
+    for k in range(table_node.GetNumberOfRows()):
+        index = logic.sliceIndexOfModelRow(k)
+        assert index == logic.tableRows[k]
+        assert slices[k] == result.slices[index]["slice_index"]
+        assert volumes[k] == result.slices[index]["volume"]
+        assert logic.modelRowOfSliceIndex(index) == k
+    assert logic.sliceIndexOfModelRow(table_node.GetNumberOfRows()) is None
+
+
+def test_row_mapping_follows_qmrmltablemodel_either_way():
+    """Libs/MRML/Widgets/qMRMLTableModel.cxx, mrmlTableRowIndex: model row r is table row r
+    with UseColumnTitleAsColumnHeader on, r - 1 with it off (row 0 holds the names)."""
+    node = slicer.vtkMRMLTableNode()
+    assert not node.GetUseColumnTitleAsColumnHeader()  # a new table node: names in row 0
+    assert tableRowOfModelRow(node, 0) == -1 and tableRowOfModelRow(node, 3) == 2
+    assert modelRowOfTableRow(node, 2) == 3
+    node.SetUseColumnTitleAsColumnHeader(True)
+    assert tableRowOfModelRow(node, 3) == 3 and modelRowOfTableRow(node, 3) == 3

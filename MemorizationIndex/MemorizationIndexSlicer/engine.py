@@ -1,0 +1,258 @@
+"""Every call the Slicer side makes into the engine (MemorizationIndexLib), in one place.
+
+The engine is imported inside these functions only: Slicer imports the module at start-up,
+before the engine's packages (torch, faiss) may be installed, and the child process imports
+this file before it knows which task it runs. When the engine's names move, this is the one
+file to re-point.
+
+Tasks run by the child process (see process.py) are JSON objects:
+
+    {"task": "build", "training": folder, "bank": folder, "settings": {...BankSettings},
+     "encoderConfig": {...EncoderConfig} or null, "checkpoint": file or null,
+     "device": "auto", "batchSize": 32}
+    {"task": "score", "bank": folder, "volumes": [{"file": nrrd, "name": node name}, ...]
+     or "folder": folder, "alpha": 0.01, "stride": null, "checkpoint": null, "device": "auto",
+     "batchSize": 32, "resultFile": pickle file, "report": folder or null}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import pickle
+from pathlib import Path
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def errorsModule():
+    from MemorizationIndexLib import errors
+
+    return errors
+
+
+def engineError(typeName, message):
+    """An engine exception of the named class (a MemorizationIndexError), or None."""
+    errors = errorsModule()
+    cls = getattr(errors, str(typeName), None)
+    if isinstance(cls, type) and issubclass(cls, errors.MemorizationIndexError):
+        return cls(message)
+    return None
+
+
+def isEngineError(exc):
+    return isinstance(exc, errorsModule().MemorizationIndexError)
+
+
+def isCancelled(exc):
+    return isinstance(exc, errorsModule().CancelledError)
+
+
+def cancelledError(message="Stopped at the user's request; nothing was written."):
+    return errorsModule().CancelledError(message)
+
+
+def bankError(message):
+    return errorsModule().BankError(message)
+
+
+def inputError(message):
+    return errorsModule().InputError(message)
+
+
+# ---- settings -------------------------------------------------------------------------------
+def bankSettings(imageSize=224, axis="axial", stride=1, settings=None):
+    """The engine's BankSettings: `settings` as given (object or dict), else the defaults
+    with image size, axis and stride changed."""
+    from MemorizationIndexLib.bank.settings import BankSettings
+
+    if isinstance(settings, BankSettings):
+        return settings
+    if isinstance(settings, dict):
+        return BankSettings.from_dict(settings)
+    return BankSettings(image_size=int(imageSize), axis=axis, stride=int(stride))
+
+
+def settingsDict(settings):
+    return settings.to_dict()
+
+
+def encoderConfigDict(encoderConfig):
+    """An EncoderConfig as JSON-able dict (None stays None)."""
+    if encoderConfig is None or isinstance(encoderConfig, dict):
+        return encoderConfig
+    return dataclasses.asdict(encoderConfig)
+
+
+def encoderConfigFrom(config):
+    from MemorizationIndexLib.encoding.vit import EncoderConfig
+
+    if config is None or isinstance(config, EncoderConfig):
+        return config
+    return EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+# ---- banks ----------------------------------------------------------------------------------
+def buildBank(
+    trainingFolder,
+    bankFolder,
+    settings,
+    checkpoint=None,
+    device="auto",
+    batchSize=32,
+    encoderConfig=None,
+    progress=None,
+    cancel=None,
+):
+    from MemorizationIndexLib.bank.build import build_bank
+    from MemorizationIndexLib.job import Job
+
+    settings = bankSettings(settings=settings)
+    encoder = settings.encoder(
+        checkpoint or None, encoderConfigFrom(encoderConfig), device, int(batchSize)
+    )
+    return build_bank(trainingFolder, bankFolder, settings, encoder, Job(progress, cancel))
+
+
+def loadBank(bankFolder):
+    """A saved bank (BankError if the folder is not one)."""
+    from MemorizationIndexLib.bank.feature_bank import FeatureBank
+
+    return FeatureBank.load(bankFolder)
+
+
+def partialOutputs(target):
+    """Folders the engine's atomic writer is (or was) filling for `target`: what a killed
+    child leaves behind. The writer names them ".<name>.partial-*" next to the target."""
+    target = Path(target)
+    pattern = os.path.join(
+        glob.escape(str(target.parent)), f".{glob.escape(target.name)}.partial-*"
+    )
+    return set(glob.glob(pattern))
+
+
+def recoverOutput(target):
+    """After a killed child: put back an output it had moved aside mid-swap and remove what
+    dead runs left half-written (the engine's own recovery of its output folders)."""
+    from MemorizationIndexLib.atomic import recover_output
+
+    recover_output(target)
+
+
+# ---- scans ----------------------------------------------------------------------------------
+def readCanonicalImage(path, seriesUid=""):
+    """A scan read by the engine's own reader: the SimpleITK image in its canonical (LPS)
+    geometry, exactly the voxels the engine encodes."""
+    from MemorizationIndexLib.scans import ReadOptions, ScanSource, read_scan
+
+    volume = read_scan(
+        ScanSource(path=str(path), series_uid=seriesUid or ""), ReadOptions(min_foreground=0.0)
+    )
+    return volume.image
+
+
+def scanFromImage(image, name, bank, stride=None):
+    """The engine's view of an image: canonical slices along the bank's axis."""
+    from MemorizationIndexLib.scans import ReadOptions, scan_from_image
+
+    options = ReadOptions(
+        axis=bank.settings.axis,
+        stride=int(stride or 1),
+        min_foreground=bank.settings.min_foreground,
+    )
+    return scan_from_image(image, name, options)
+
+
+# ---- scoring --------------------------------------------------------------------------------
+def score(
+    bank,
+    inputs,
+    alpha=0.01,
+    stride=None,
+    checkpoint=None,
+    device="auto",
+    batchSize=32,
+    progress=None,
+    cancel=None,
+):
+    from MemorizationIndexLib.job import Job
+    from MemorizationIndexLib.scoring.score import score as engineScore
+
+    # load_encoder refuses a checkpoint that differs from the bank's.
+    encoder = bank.load_encoder(checkpoint or None, device, int(batchSize))
+    return engineScore(
+        bank, inputs, encoder, alpha=float(alpha), stride=stride, job=Job(progress, cancel)
+    )
+
+
+def writeReport(result, bank, folder, inputs=()):
+    """The HTML and CSV report, written in one step; `inputs` are never written over."""
+    from MemorizationIndexLib.report.files import write_report
+
+    return write_report(result, bank, folder, inputs=tuple(i for i in inputs if i))
+
+
+def pngBytes(image):
+    from MemorizationIndexLib.report.images import png_bytes
+
+    return png_bytes(image)
+
+
+# ---- the child process's tasks --------------------------------------------------------------
+def runTask(task, progress=None, cancel=None):
+    """Run one task (see the module docstring) and return a JSON-able summary of it."""
+    kind = task.get("task")
+    if kind == "build":
+        bank = buildBank(
+            task["training"],
+            task["bank"],
+            task.get("settings") or {},
+            checkpoint=task.get("checkpoint"),
+            device=task.get("device", "auto"),
+            batchSize=task.get("batchSize", 32),
+            encoderConfig=task.get("encoderConfig"),
+            progress=progress,
+            cancel=cancel,
+        )
+        return {"bank": str(task["bank"]), "slices": len(bank), "volumes": len(bank.volumes)}
+    if kind == "score":
+        import SimpleITK as sitk
+
+        bank = loadBank(task["bank"])
+        if task.get("folder"):
+            inputs = task["folder"]
+        else:
+            inputs = [
+                scanFromImage(sitk.ReadImage(v["file"]), v["name"], bank, task.get("stride"))
+                for v in task["volumes"]
+            ]
+        result = score(
+            bank,
+            inputs,
+            alpha=task.get("alpha", 0.01),
+            stride=task.get("stride"),
+            checkpoint=task.get("checkpoint"),
+            device=task.get("device", "auto"),
+            batchSize=task.get("batchSize", 32),
+            progress=progress,
+            cancel=cancel,
+        )
+        if task.get("report"):
+            writeReport(result, bank, task["report"], (task["bank"], task.get("folder")))
+        resultFile = Path(task["resultFile"])
+        partial = resultFile.with_name(resultFile.name + ".partial")
+        with open(partial, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, resultFile)
+        return {
+            "resultFile": str(resultFile),
+            "slices": len(result.slices),
+            "volumes": len(result.volumes),
+        }
+    raise ValueError(f"Unknown task {kind!r}; expected 'build' or 'score'.")
+
+
+def loadResult(resultFile):
+    """The ScoreResult the child process pickled (same Python, same engine)."""
+    with open(resultFile, "rb") as f:
+        return pickle.load(f)
