@@ -128,6 +128,22 @@ def merge_groups(groups: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray
     return merged
 
 
+def _check_enough(train: FeatureSet) -> None:
+    """InputError unless there are slices of at least two training volumes."""
+    if len(train) == 0:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
+        more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
+        raise InputError(
+            "No usable training slices were found, so no bank can be built"
+            + (f". Every input was skipped: {reasons}{more}." if reasons else ".")
+        )
+    if len(train.volumes) < 2:
+        raise InputError(
+            f"Only {len(train.volumes)} usable training volume was found; at least 2 are "
+            "needed to calibrate (whole volumes are held out)."
+        )
+
+
 def bank_from_features(
     train: FeatureSet,
     settings: BankSettings,
@@ -141,18 +157,7 @@ def bank_from_features(
     subjects: {(volume path, series uid): subject key}; volumes without one are their own
     subject. Near-duplicate volumes found in the null are reported and held out together.
     """
-    if len(train) == 0:
-        reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
-        more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
-        raise InputError(
-            "No usable training slices were found, so no bank can be built"
-            + (f". Every input was skipped: {reasons}{more}." if reasons else ".")
-        )
-    if len(train.volumes) < 2:
-        raise InputError(
-            f"Only {len(train.volumes)} usable training volume was found; at least 2 are "
-            "needed to calibrate (whole volumes are held out)."
-        )
+    _check_enough(train)
     groups = subject_groups(train, subjects or {})
     found = cross_fitted_null(train, settings, job, groups)
     pairs = near_duplicates(train, found)
