@@ -36,7 +36,7 @@ def peak_rss_bytes() -> int:
 
 def available_memory_bytes() -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -496,7 +496,7 @@ def bank_bytes_per_slice(d: int = 768, n_layers: int = 3, thumbnail: int = 64) -
 def cpu_description() -> str:
     name = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break

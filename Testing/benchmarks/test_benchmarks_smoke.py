@@ -306,9 +306,9 @@ def test_command_line_writes_json_and_markdown(tmp_path, monkeypatch, tiny_detec
     argv += ["--augmentations", "none,hflip"]
     assert run_benchmarks.main(argv) == 0
     assert seen["config"].seeds == 2 and seen["config"].augmentations == ("none", "hflip")
-    data = json.loads((tmp_path / "results.json").read_text())
+    data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert "detection" in data and data["environment"]["command"]
-    text = (tmp_path / "results.md").read_text()
+    text = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "## Detection" in text and "## Machine and command" in text
     with pytest.raises(SystemExit):
         run_benchmarks.main(["--only", "detection", "--augmentations", "swirl"])

@@ -130,9 +130,9 @@ def test_warnings_are_shown_everywhere(small_bank, tmp_path, capsys):
     assert main(["score", str(bank), str(synthetic), "--out", str(out), "--quiet"]) == 0
     console = capsys.readouterr().out
     assert "warning:" in console and "4D image" in console
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert any("4D image" in w["warning"] for w in summary["warnings"])
-    assert "4D image" in (out / "report.html").read_text()
+    assert "4D image" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_itk_says_nothing_on_stderr_while_reading(tmp_path, capfd):
@@ -238,7 +238,7 @@ def test_spreadsheet_formulas_in_file_names_are_escaped(tmp_path):
         {"volume": "plain.nii", "mi": 0.0},
     ]
     write_csv(tmp_path / "t.csv", [Row(r) for r in rows], ("volume", "mi"))
-    with open(tmp_path / "t.csv", newline="") as fh:
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as fh:
         read = list(csv.DictReader(fh))
     assert [r["volume"] for r in read] == [
         '\'=HYPERLINK("http://x")',

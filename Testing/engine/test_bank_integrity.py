@@ -30,7 +30,7 @@ def bank_copy(small_bank, tmp_path):
 
 
 def manifest_of(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

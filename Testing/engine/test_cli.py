@@ -51,7 +51,7 @@ def test_build_bank_with_the_real_vit_b(small_cohort, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "untrained ViT-B/16" in out and "Bank:" in out and "3 volumes" in out
     assert "notes.txt" in out  # skipped and said so
-    manifest = json.loads((bank / "manifest.json").read_text())
+    manifest = json.loads((bank / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["encoder"]["config"]["embed_dim"] == 768
     assert manifest["skipped"][0]["path"].endswith("notes.txt")
 
@@ -70,7 +70,7 @@ def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 of 7 volumes flagged" in out and "report.html" in out
     assert "broken.nii.gz" in out  # skipped, and said so
-    summary = json.loads((report / "summary.json").read_text())
+    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_volumes"] == 7
     assert [Path(s["path"]).name for s in summary["skipped"]] == ["broken.nii.gz"]
     assert summary["skipped"][0]["reason"]

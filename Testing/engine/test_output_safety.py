@@ -96,7 +96,7 @@ def test_out_dot_and_the_current_folder_are_refused(tmp_path, capsys, monkeypatc
     for out in (".", str(tmp_path), ".."):
         assert main(["score", "nobank", "nosynth", "--out", out, "--quiet"]) == 2
         assert "nobank" not in capsys.readouterr().err  # refused before the bank is looked at
-    assert (tmp_path / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "keep.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_foreign_folders_and_files_are_refused_before_any_work(tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_foreign_folders_and_files_are_refused_before_any_work(tmp_path, capsys)
     assert main(["score", str(tmp_path / "nobank"), synthetic, "--out", str(mine)]) == 2
     err = capsys.readouterr().err
     assert "was not written by memorization-index" in err and str(mine) in err
-    assert (mine / "thesis.docx").read_text() == "years of work"
+    assert (mine / "thesis.docx").read_text(encoding="utf-8") == "years of work"
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     assert main(["score", str(tmp_path / "nobank"), str(tmp_path / "s"), "--out", str(a_file)]) == 2
@@ -116,7 +116,7 @@ def test_foreign_folders_and_files_are_refused_before_any_work(tmp_path, capsys)
     under_file = a_file / "report"
     assert main(["score", "nobank", str(tmp_path / "s"), "--out", str(under_file)]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert a_file.read_text() == "x"
+    assert a_file.read_text(encoding="utf-8") == "x"
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
@@ -185,8 +185,8 @@ def test_replacing_an_output_leaves_no_leftovers(tmp_path):
     target = tmp_path / "report"
     write_output(target, "report", "first")
     write_output(target, "report", "second")
-    assert (target / "content.txt").read_text() == "second"
-    assert json.loads((target / MARKER_NAME).read_text())["kind"] == "report"
+    assert (target / "content.txt").read_text(encoding="utf-8") == "second"
+    assert json.loads((target / MARKER_NAME).read_text(encoding="utf-8"))["kind"] == "report"
     assert hidden_leftovers(tmp_path, "report") == []
 
 
@@ -202,7 +202,7 @@ def test_a_failure_between_the_two_renames_puts_the_old_output_back(tmp_path, mo
     monkeypatch.setattr(atomic, "_fault_point", fail)
     with pytest.raises(OSError, match="disk full"):
         write_output(target, "report", "new")
-    assert (target / "content.txt").read_text() == "old"
+    assert (target / "content.txt").read_text(encoding="utf-8") == "old"
     assert hidden_leftovers(tmp_path, "report") == []
 
 
@@ -215,7 +215,7 @@ def test_the_exchange_is_used_where_the_system_has_it(tmp_path, monkeypatch):
     real = atomic._exchange
     monkeypatch.setattr(atomic, "_exchange", lambda a, b: calls.append(1) or real(a, b))
     write_output(target, "report", "new")
-    assert calls == [1] and (target / "content.txt").read_text() == "new"
+    assert calls == [1] and (target / "content.txt").read_text(encoding="utf-8") == "new"
     assert hidden_leftovers(tmp_path, "report") == []
 
 
@@ -225,7 +225,7 @@ def test_a_failure_while_writing_keeps_the_old_output(tmp_path):
     with pytest.raises(RuntimeError), atomic_directory(target, "bank") as tmp:
         (tmp / "content.txt").write_text("half")
         raise RuntimeError("encoder crashed")
-    assert (target / "content.txt").read_text() == "old"
+    assert (target / "content.txt").read_text(encoding="utf-8") == "old"
     assert hidden_leftovers(tmp_path, "bank") == []
 
 
@@ -262,12 +262,12 @@ def test_a_kill_at_the_worst_moment_leaves_a_complete_output(tmp_path, where, ex
         assert not target.exists()
         assert any(n.startswith(".report.old-") for n in hidden_leftovers(tmp_path, "report"))
         recover_output(target)
-        assert (target / "content.txt").read_text() == "old"
+        assert (target / "content.txt").read_text(encoding="utf-8") == "old"
     else:
-        assert (target / "content.txt").read_text() == "new"
+        assert (target / "content.txt").read_text(encoding="utf-8") == "new"
     # the next run cleans up whatever the killed one left
     write_output(target, "report", "next")
-    assert (target / "content.txt").read_text() == "next"
+    assert (target / "content.txt").read_text(encoding="utf-8") == "next"
     assert hidden_leftovers(tmp_path, "report") == []
 
 
@@ -282,7 +282,9 @@ def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
         folder.mkdir(parents=True)
     (aside_dead / "report" / "content.txt").write_text("kept aside by a killed run")
     recover_output(tmp_path / "report")  # no output at the path: the aside one comes back
-    assert (tmp_path / "report" / "content.txt").read_text() == "kept aside by a killed run"
+    assert (tmp_path / "report" / "content.txt").read_text(
+        encoding="utf-8"
+    ) == "kept aside by a killed run"
     assert hidden_leftovers(tmp_path, "report") == [partial_live.name]
 
 
@@ -312,6 +314,6 @@ def test_concurrent_runs_never_crash_or_mix_outputs(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    contents = {(target / f"part{n}.txt").read_text() for n in range(20)}
+    contents = {(target / f"part{n}.txt").read_text(encoding="utf-8") for n in range(20)}
     assert len(contents) == 1  # all files from one complete run
     assert hidden_leftovers(tmp_path, "report") == []

@@ -84,18 +84,18 @@ def test_slice_evidence_is_consistent(result):
 def test_outputs_follow_the_column_contract(small_bank, result, tmp_path):
     bank, _ = small_bank
     out = write_report(result, bank, tmp_path / "report")
-    with open(out / "slices.csv") as f:
+    with open(out / "slices.csv", encoding="utf-8") as f:
         header = next(csv.reader(f))
     assert set(SLICE_COLUMNS_REQUIRED) <= set(header)
-    with open(out / "volumes.csv") as f:
+    with open(out / "volumes.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert set(VOLUME_COLUMNS_REQUIRED) <= set(rows[0])
     assert len(rows) == len(result.volumes)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["untrained_encoder"] is True
     assert "untrained" in summary["encoder"]["name"]
     assert summary["n_volumes"] == 7 and "calibration" in summary and "skipped" in summary
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 3 * 3
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # self-contained: nothing fetched
     assert "untrained encoder" in html
@@ -110,7 +110,7 @@ def test_bank_round_trip_gives_the_same_scores(small_cohort, small_bank, result)
     assert np.allclose(
         [r["similarity"] for r in again.slices], [r["similarity"] for r in result.slices]
     )
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["format_version"] == 1
     assert manifest["encoder"]["trained"] is False
     assert manifest["settings"]["layers"] == [1, 2, 3]
@@ -126,7 +126,7 @@ def test_bank_calibrated_by_an_earlier_verification_is_refused(small_bank, tmp_p
     assert bank.settings.verify
     old = tmp_path / "old-bank"
     shutil.copytree(path, old)
-    manifest = json.loads((old / "manifest.json").read_text())
+    manifest = json.loads((old / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["verifier_version"] >= 2
     del manifest["verifier_version"]  # banks from before the version was stored
     (old / "manifest.json").write_text(json.dumps(manifest))
@@ -155,7 +155,7 @@ def test_cancel_leaves_nothing_half_written(small_cohort, small_bank, tmp_path):
         build_bank(
             root / "train", existing, BankSettings(image_size=32), job=Job(cancel=lambda: True)
         )
-    assert (existing / "keep.txt").read_text() == "old bank"
+    assert (existing / "keep.txt").read_text(encoding="utf-8") == "old bank"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
 
 

@@ -185,7 +185,7 @@ def test_the_cli_prints_duplicates_and_subjects(small_cohort, tmp_path, capsys):
     bank = FeatureBank.load(tmp_path / "bank")
     assert not (tmp_path / "bank" / "thumbnails.npy").exists()
     assert bank.settings.store_images is False and bank.settings.verify is False
-    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text(encoding="utf-8"))
     assert "thumbnails.npy" not in manifest["files"]
 
 

@@ -308,7 +308,7 @@ def test_a_child_killed_mid_swap_gets_the_old_bank_back(scene_and_app, tmp_path,
     job.cancel()
     with pytest.raises(CancelledError):
         job.wait()
-    assert (bank / "manifest.json").read_text() == "the old bank"
+    assert (bank / "manifest.json").read_text(encoding="utf-8") == "the old bank"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
 
 
