@@ -31,12 +31,16 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Probability that a positive outscores a negative (ties count one half)."""
     pos = np.asarray(positive, dtype=np.float64)[:, None]
     neg = np.asarray(negative, dtype=np.float64)[None, :]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
     return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float = 0.01) -> float:
     """Share of positives above the threshold that lets at most `fpr` of negatives through."""
     neg = np.sort(np.asarray(negative, dtype=np.float64))[::-1]
+    if len(positive) == 0:
+        return float("nan")
     k = int(np.floor(fpr * len(neg)))
     threshold = neg[k] if k < len(neg) else -np.inf
     return float(np.mean(np.asarray(positive) > threshold))
@@ -90,17 +94,18 @@ def evaluate(report: Path, truth, bank_stride: int) -> dict:
         index = np.array([int(r["slice_index"]) for r in slices])
         source = Path(c["source"]).name
         true_match = np.array([Path(r["match_volume"]).name == source for r in slices])
+        vol = vol_flag.get(name, {})
         row = {
             "scenario": c["scenario"],
             "file": name,
             "n_slices": int(mine.sum()),
             "auroc": auroc(scores[mine], negative),
             "tpr_at_1pct_fpr": tpr_at_fpr(scores[mine], negative),
-            "slices_flagged": float(flagged[mine].mean()),
-            "match_is_source": float(true_match[mine].mean()),
-            "volume_flagged": vol_flag[name]["flagged"] in ("True", "true", "1"),
-            "volume_mi": float(vol_flag[name]["mi"]),
-            "volume_match_is_source": Path(vol_flag[name]["match_volume"]).name == source,
+            "slices_flagged": float(flagged[mine].mean()) if mine.any() else float("nan"),
+            "match_is_source": float(true_match[mine].mean()) if mine.any() else float("nan"),
+            "volume_flagged": vol.get("flagged") in ("True", "true", "1"),
+            "volume_mi": float(vol.get("mi", "nan")),
+            "volume_match_is_source": Path(vol.get("match_volume", "")).name == source,
         }
         if bank_stride > 1:
             off = mine & (index % bank_stride != 0)
