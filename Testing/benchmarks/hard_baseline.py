@@ -170,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strides", default="1,2", help="bank strides to build (scored at 1)")
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cohort", help="an existing cohort folder (default: OUT/cohort, made once)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "engine.log"
-    cohort_dir = out / "cohort"
+    cohort_dir = Path(args.cohort) if args.cohort else out / "cohort"
     start = time.perf_counter()
     if not (cohort_dir / "truth.json").is_file():
         make_hard_cohort(
