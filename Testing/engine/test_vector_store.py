@@ -191,3 +191,20 @@ def test_damaged_codes_and_parameters_are_refused(tmp_path):
     (folder / PARAMS_FILE).write_text("{not json")
     with pytest.raises(BankError, match=PARAMS_FILE.replace(".", r"\.")):
         load_index(folder)
+
+
+def test_tune_nprobe_reaches_its_recall_target(bank, exact, compressed):
+    before = compressed.nprobe
+    try:
+        nprobe = compressed.tune_nprobe(target=0.99, n_queries=128)
+        assert compressed.nprobe == nprobe and 1 <= nprobe <= compressed.nlist
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(len(bank), 128, replace=False))
+        queries = noisy_copies(bank, rows, noise=1.0, seed=11)
+        _, e_ids = exact.search(queries, K)
+        _, c_ids = compressed.search(queries, K)
+        equal = np.mean(e_ids[:, 0] == c_ids[:, 0])
+        print(f"tuned nprobe {nprobe}: top-1 equal {equal:.3f}")
+        assert equal >= 0.97
+    finally:
+        compressed.set_nprobe(before)
