@@ -39,12 +39,14 @@ DISK_VECTORS_FILE = "vectors_disk.npy"
 
 INDEX_KINDS = ("auto", "exact", "compressed")
 
-# Below this many bank slices `auto` keeps the exact index. Measured on the project's 2-core
-# CPU (Testing/benchmarks/scale.py): at 1e5 slices the exact index holds 0.92 GB for three
-# layers and one 155-slice volume (3 views stacked, 465 queries per layer) takes about a
-# second to search, the stage-1 target; below that it is cheap, needs no training and has
-# recall 1 by construction. Above it, exact RAM and time grow linearly while the compressed
-# index stays under 1 KiB per slice and searches in a fraction of a second.
+# Below this many bank slices `auto` keeps the exact index, where it is cheap: at 1e5 slices
+# it holds 0.92 GB for three layers, and one 155-slice volume takes ~0.6 s to search on an
+# idle 2-core CPU (RESULTS' 14.5 s per view at 1e6, scaled linearly, and stacking the three
+# views measured 2.0-2.7x faster in Testing/benchmarks/scale.py). It needs no training and
+# its recall is 1 for novel slices too, where the compressed top-1 is often a near-tie
+# (SCALE.md), which the calibrated null is made of. Above it exact RAM and time grow
+# linearly (9 KiB and ~6 s per volume per 1e6 slices), while the compressed index holds
+# 618 B per slice and searched a volume 159x faster at 1e6 in the same run.
 EXACT_MAX_SLICES = 100_000
 
 # Fewest vectors a compressed index is trained on: k-means for the coarse lists and the PQ
