@@ -32,7 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MemorizationIndex"))
 
-from MemorizationIndexLib.vector_store import (  # noqa: E402
+from MemorizationIndexLib.search.vector_store import (  # noqa: E402
     CompressedVectorIndex,
     ExactVectorIndex,
     load_index,

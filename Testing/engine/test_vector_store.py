@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from MemorizationIndexLib.errors import BankError, SettingsError
-from MemorizationIndexLib.vector_store import (
+from MemorizationIndexLib.search.vector_store import (
     CODES_FILE,
     DISK_VECTORS_FILE,
     EXACT_MAX_SLICES,

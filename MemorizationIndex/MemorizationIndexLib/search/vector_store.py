@@ -28,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import BankError, SettingsError
+from ..errors import BankError, SettingsError
 
 FORMAT = "memorization-index vector index"
 FORMAT_VERSION = 1
