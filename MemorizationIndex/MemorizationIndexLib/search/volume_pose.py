@@ -205,6 +205,36 @@ def _match_points(synthetic_positions, training_positions, inplane, axis, arm_mm
     return train_pts, synth_pts
 
 
+def _shift_only_seed(syn, trn, w, centre, inlier_mm: float) -> SeedResult:
+    """Collinear slice centres: a robust shift only (median, then the inliers' weighted mean)."""
+    delta = syn - trn
+    med = np.median(delta, axis=0)
+    inliers = np.linalg.norm(delta - med, axis=1) <= inlier_mm
+    if not inliers.any():
+        inliers[:] = True
+    shift = (w[inliers] @ delta[inliers]) / w[inliers].sum()
+    rms = float(np.sqrt(np.mean(np.sum((delta[inliers] - shift) ** 2, axis=1))))
+    return SeedResult(RigidPose(np.eye(3), shift, centre), inliers, rms, False)
+
+
+def _ransac_inliers(fit, residual, w, inlier_mm: float, iterations: int, seed: int):
+    """The matches consistent with the best pose fitted on random pairs of them."""
+    n = len(w)
+    best = np.ones(n, dtype=bool)
+    if n < 3:
+        return best
+    rng = np.random.default_rng(seed)
+    best_score = -1.0
+    for _ in range(iterations):
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=2, replace=False)] = True
+        inl = residual(*fit(mask)) <= inlier_mm
+        score = float(w[inl].sum())
+        if score > best_score:
+            best, best_score = inl, score
+    return best if best.sum() >= 2 else np.ones(n, dtype=bool)
+
+
 def seed_pose_from_slice_matches(
     synthetic_positions,
     training_positions,
@@ -239,47 +269,20 @@ def seed_pose_from_slice_matches(
     w = np.ones(len(syn)) if weights is None else np.clip(np.asarray(weights, float), 1e-6, None)
 
     if inplane is None:
-        # Collinear centres: a robust shift only (median, then the inliers' weighted mean).
-        delta = syn - trn
-        med = np.median(delta, axis=0)
-        inliers = np.linalg.norm(delta - med, axis=1) <= inlier_mm
-        if not inliers.any():
-            inliers[:] = True
-        shift = (w[inliers] @ delta[inliers]) / w[inliers].sum()
-        rms = float(np.sqrt(np.mean(np.sum((delta[inliers] - shift) ** 2, axis=1))))
-        return SeedResult(RigidPose(np.eye(3), shift, centre), inliers, rms, False)
-
+        return _shift_only_seed(syn, trn, w, centre, inlier_mm)
     planes = np.asarray(inplane, dtype=np.float64).reshape(-1, 3)
     train_pts, synth_pts = _match_points(syn, trn, planes, axis, arm_mm)
-    n = len(syn)
 
     def fit(mask):
-        r, b = kabsch(
-            train_pts[mask].reshape(-1, 3),
-            synth_pts[mask].reshape(-1, 3),
-            np.repeat(w[mask], 3),
+        return kabsch(
+            train_pts[mask].reshape(-1, 3), synth_pts[mask].reshape(-1, 3), np.repeat(w[mask], 3)
         )
-        return r, b
 
     def residual(r, b):
         moved = train_pts @ r.T + b
         return np.linalg.norm(moved - synth_pts, axis=2).max(axis=1)
 
-    best = np.ones(n, dtype=bool)
-    if n >= 3:
-        rng = np.random.default_rng(seed)
-        best_score = -1.0
-        for _ in range(iterations):
-            pair = rng.choice(n, size=2, replace=False)
-            mask = np.zeros(n, dtype=bool)
-            mask[pair] = True
-            r, b = fit(mask)
-            inl = residual(r, b) <= inlier_mm
-            score = float(w[inl].sum())
-            if score > best_score:
-                best, best_score = inl, score
-        if best.sum() < 2:
-            best = np.ones(n, dtype=bool)
+    best = _ransac_inliers(fit, residual, w, inlier_mm, iterations, seed)
     for _ in range(2):  # refit on the inliers, then re-select once
         r, b = fit(best)
         res = residual(r, b)
@@ -394,6 +397,32 @@ class Registration:
     extra: dict = field(default_factory=dict)
 
 
+def _registration_method(metric, sampling, seed, iterations, shrink):
+    """SimpleITK's registration set up as register_volumes describes."""
+    reg = sitk.ImageRegistrationMethod()
+    if metric == "mattes":
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    elif metric == "correlation":
+        reg.SetMetricAsCorrelation()
+    else:
+        raise ValueError(f"metric must be 'mattes' or 'correlation' (got {metric!r})")
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0,
+        minStep=1e-3,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(shrink))
+    reg.SetSmoothingSigmasPerLevel([max(0.0, s - 1.0) for s in shrink])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    return reg
+
+
 def register_volumes(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -420,27 +449,7 @@ def register_volumes(
     f = _coarse(robust_unit(fixed), grid_mm)
     m = _coarse(robust_unit(moving), grid_mm)
 
-    reg = sitk.ImageRegistrationMethod()
-    if metric == "mattes":
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    elif metric == "correlation":
-        reg.SetMetricAsCorrelation()
-    else:
-        raise ValueError(f"metric must be 'mattes' or 'correlation' (got {metric!r})")
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
-        minStep=1e-3,
-        numberOfIterations=int(iterations),
-        relaxationFactor=0.6,
-        gradientMagnitudeTolerance=1e-6,
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(shrink))
-    reg.SetSmoothingSigmasPerLevel([max(0.0, s - 1.0) for s in shrink])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg = _registration_method(metric, sampling, seed, iterations, shrink)
     transform = pose0.to_sitk()
     reg.SetInitialTransform(transform, inPlace=True)
     counter = {"n": 0}
