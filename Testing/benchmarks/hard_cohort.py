@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from MemorizationIndexLib.demo.cohort import load_template
 from scipy import ndimage
 
 TRUTH_CONVENTION = (
@@ -70,28 +71,7 @@ STRIDE_SCENARIO = {
 
 def template_lps(spacing_mm: float = 2.5) -> sitk.Image:
     """nilearn's MNI152 T1 (shipped in the wheel) as float32 LPS, isotropic `spacing_mm`."""
-    from nilearn.datasets import MNI152_FILE_PATH
-
-    image = sitk.Cast(sitk.ReadImage(str(MNI152_FILE_PATH)), sitk.sitkFloat32)
-    image = sitk.DICOMOrient(image, "LPS")
-    size = [
-        int(round(n * s / spacing_mm))
-        for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)
-    ]
-    sigma = max(0.0, (spacing_mm - image.GetSpacing()[0]) / 2.0)
-    if sigma > 0:
-        image = sitk.SmoothingRecursiveGaussian(image, sigma)
-    return sitk.Resample(
-        image,
-        size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        image.GetOrigin(),
-        (spacing_mm,) * 3,
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
+    return sitk.DICOMOrient(load_template(spacing_mm), "LPS")
 
 
 def smooth_field(shape, rng: np.random.Generator, coarse: int) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import SimpleITK  # noqa: F401  the engine loads it; its SWIG types clash with faiss's
 from MemorizationIndexLib.errors import BankError, SettingsError
 from MemorizationIndexLib.search.vector_store import (
     CODES_FILE,

@@ -142,7 +142,7 @@ class ExactVectorIndex(VectorIndex):
         return self.vectors()[np.asarray(ids)]
 
     def memory_bytes(self) -> int:
-        return int(faiss.serialize_index(self.index).nbytes)
+        return serialized_size(self.index)
 
     def _save_files(self, folder: Path) -> None:
         _save_npy(folder / EXACT_VECTORS_FILE, self.vectors())
@@ -364,7 +364,7 @@ class CompressedVectorIndex(VectorIndex):
         return block[inverse].reshape(*ids.shape, self.dim)
 
     def memory_bytes(self) -> int:
-        return 0 if self.index is None else int(faiss.serialize_index(self.index).nbytes)
+        return 0 if self.index is None else serialized_size(self.index)
 
     def disk_bytes(self) -> int:
         return self.ntotal * self.dim * np.dtype(self.disk_dtype).itemsize
@@ -386,7 +386,7 @@ class CompressedVectorIndex(VectorIndex):
     def _save_files(self, folder: Path) -> None:
         if self.index is None:
             raise SettingsError("Cannot save a compressed index that was never trained.")
-        _atomic_write_bytes(folder / CODES_FILE, faiss.serialize_index(self.index).tobytes())
+        _atomic_write_index(folder / CODES_FILE, self.index)
         _save_npy(folder / DISK_VECTORS_FILE, self.disk_vectors())
 
     def _attach(self, path: Path) -> None:
@@ -412,7 +412,7 @@ class CompressedVectorIndex(VectorIndex):
         if not path.is_file():
             raise BankError(f"The index file {path} is missing.")
         try:
-            index.index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+            index.index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise BankError(f"The index file {path} is damaged ({exc}).") from exc
         if index.index.ntotal != params["ntotal"] or index.index.d != params["dim"]:
@@ -494,6 +494,25 @@ def load_index(folder: str | os.PathLike) -> VectorIndex:
     if kind not in classes:
         raise BankError(f"{path} names an unknown index kind {kind!r}.")
     return classes[kind]._load_files(folder, params)
+
+
+def serialized_size(index) -> int:
+    """Bytes of faiss's serialised index: what it holds in RAM.
+
+    Not faiss.serialize_index: with SimpleITK loaded (it is, in the engine) the two SWIG
+    modules share the std::vector<uint8_t> type and faiss's array conversion asserts.
+    """
+    writer = faiss.VectorIOWriter()
+    faiss.write_index(index, writer)
+    return int(writer.data.size())
+
+
+def _atomic_write_index(path: Path, index) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
