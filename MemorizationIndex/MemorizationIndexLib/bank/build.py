@@ -231,8 +231,9 @@ def build_bank(
     subject of each volume (else DICOM PatientID, BIDS sub-* folders, or one per volume)."""
     settings = settings or BankSettings()
     job = job or Job()
-    inputs = (train_dir, encoder.info.checkpoint if encoder is not None else None)
-    check_output(out_dir, "bank", (*inputs, grouping_file))  # before hours of encoding
+    checkpoint = encoder.info.checkpoint if encoder is not None else None
+    inputs = (train_dir, checkpoint, grouping_file)
+    check_output(out_dir, "bank", inputs)  # before hours of encoding, and again at save
     grouping = read_grouping_file(grouping_file) if grouping_file else None
     sources, skipped = find_scans_required(train_dir)
     sources, duplicates = split_duplicates(sources)

@@ -30,13 +30,13 @@ from ..search.whitening import Whitener
 from .files import (
     MANIFEST_NAME,
     file_digests,
-    fspath_list,
     load_array,
     load_npz,
     read_manifest,
     require_field,
     same_length,
     verify_digests,
+    volume_paths,
 )
 from .settings import BankSettings
 
@@ -195,7 +195,7 @@ class FeatureBank:
         except (TypeError, ValueError, SettingsError) as exc:
             raise BankError(f"{where} field 'settings' is not valid ({exc}).") from exc
         encoder_info = require_field(manifest, "encoder", dict, where)
-        volumes = fspath_list(require_field(manifest, "volumes", list, where), where)
+        volumes = volume_paths(require_field(manifest, "volumes", list, where), where)
         verify_digests(path, require_field(manifest, "files", dict, where))
         arrays = _load_arrays(path, settings, manifest, len(volumes))
         index = settings.slice_index().set_fitted(

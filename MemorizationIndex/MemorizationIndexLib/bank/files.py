@@ -140,7 +140,8 @@ def same_length(file_arrays: dict[str, np.ndarray], n: int, folder: Path) -> Non
             )
 
 
-def fspath_list(values, where: str) -> list[str]:
+def volume_paths(values, where: str) -> list[str]:
+    """The manifest's volume entries as paths (BankError when they are not a list of volumes)."""
     if not isinstance(values, list) or not all(
         isinstance(v, dict) and isinstance(v.get("path"), str) for v in values
     ):
