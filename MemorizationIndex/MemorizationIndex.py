@@ -262,6 +262,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.fractionFlaggedLabel,
             self.ui.bestMatchLabel,
             self.ui.longestRunLabel,
+            self.ui.volumePoseLabel,
         )
         if result is None:
             self.ui.verdictLabel.text = _("Nothing scored yet.")
@@ -293,6 +294,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.longestRunLabel.text = _("{count} consecutive slices").format(
             count=summary["longestRun"]
         )
+        self.ui.volumePoseLabel.text = summary["volumePose"] or "-"
         s = result.summary
         note = _(" Untrained encoder: for testing only.") if s.get("untrained_encoder") else ""
         self.ui.datasetLabel.text = (

@@ -98,6 +98,42 @@ PRIVACY_NOTE = (
 )
 
 
+def _verification_options(b: argparse.ArgumentParser) -> None:
+    """Stages 2 and 3 of build-bank."""
+    b.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="feature matching only: skip the geometric verification stage",
+    )
+    b.add_argument("--verify-k", type=int, default=24, help="stage-1 candidates aligned in stage 2")
+    b.add_argument(
+        "--no-volume-stage",
+        dest="volume_stage",
+        action="store_false",
+        help="skip stage 3 (3D registration of each synthetic volume onto its most matched "
+        "training volumes; the bank then keeps no compact copy of the training volumes)",
+    )
+    b.add_argument(
+        "--volume-candidates",
+        type=int,
+        default=2,
+        help="training volumes registered per synthetic volume in stage 3",
+    )
+    b.add_argument(
+        "--volume-grid-mm",
+        type=float,
+        default=2.0,
+        help="grid of the compact training volumes stage 3 keeps in the bank (mm)",
+    )
+    b.add_argument(
+        "--pixel-k",
+        type=int,
+        default=8,
+        help="extra stage-2 candidates per pixel descriptor (flip/shift- and crop-invariant)",
+    )
+
+
 def _build_bank_parser(sub) -> None:
     b = sub.add_parser(
         "build-bank",
@@ -118,19 +154,7 @@ def _build_bank_parser(sub) -> None:
         help="query-time views, from none,hflip,vflip,hvflip (default none,hflip,vflip)",
     )
     b.add_argument("--top-k", type=int, default=10, help="stage-1 candidates per layer")
-    b.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="feature matching only: skip the geometric verification stage",
-    )
-    b.add_argument("--verify-k", type=int, default=24, help="stage-1 candidates aligned in stage 2")
-    b.add_argument(
-        "--pixel-k",
-        type=int,
-        default=8,
-        help="extra stage-2 candidates per pixel descriptor (flip/shift- and crop-invariant)",
-    )
+    _verification_options(b)
     b.add_argument(
         "--calibration-folds",
         type=int,
@@ -235,6 +259,9 @@ def _build_bank(args, job: Job) -> int:
         verify=args.verify and args.store_images,
         verify_k=args.verify_k,
         pixel_k=args.pixel_k,
+        volume_stage=args.volume_stage,
+        volume_candidates=args.volume_candidates,
+        volume_grid_mm=args.volume_grid_mm,
         calibration_folds=args.calibration_folds,
         null_max_slices=args.null_max_slices,
         denoise_sigma=args.denoise_sigma,
@@ -264,6 +291,12 @@ def _build_bank(args, job: Job) -> int:
         print(
             f"  near-duplicate: {d['volume']} matches {d['matches']} like a copy; the two are "
             "held out together in calibration"
+        )
+    stage3 = m.get("volume_stage")
+    if stage3:
+        print(
+            f"Volume stage: {stage3['stores']} ({stage3['bytes'] / 1e6:.1f} MB for "
+            f"{stage3['n_volumes']} volumes)"
         )
     c = bank.null.summary()
     print(
@@ -302,6 +335,17 @@ def print_verdicts(result) -> None:
             f"{v.oni:>+7.3f} {v.fraction_flagged:>8.2f} {v.longest_run:>4}  "
             f"{Path(v.match_volume).name}"
         )
+    for v in result.ranked_volumes():
+        if v.flagged and v.pose is not None:
+            pose = v.pose.summary()
+            print(
+                f"  {Path(v.volume).name}: registered onto {Path(v.volume_match).name} "
+                f"(aligned NCC {v.aligned_similarity:.3f}), rotated "
+                f"LR {pose['angle_lr_deg']:+.1f}, AP {pose['angle_ap_deg']:+.1f}, "
+                f"SI {pose['angle_si_deg']:+.1f} degrees, shifted "
+                f"{pose['shift_l_mm']:+.1f} L, {pose['shift_p_mm']:+.1f} P, "
+                f"{pose['shift_s_mm']:+.1f} S mm"
+            )
     print(
         f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes flagged; "
         f"{s['n_slices_flagged']} of {s['n_slices']} slices (alpha {s['alpha']})."

@@ -93,6 +93,26 @@ def encoderConfigFrom(config):
 
 
 # ---- banks ----------------------------------------------------------------------------------
+def volumePoseLPS(volumeRow):
+    """4x4 LPS matrix of a volumes.csv row's stage-3 pose (training -> synthetic), or None
+    when the row has no usable pose."""
+    import numpy as np
+    from MemorizationIndexLib.search.volume_pose import RigidPose
+
+    try:
+        matrix = RigidPose.from_summary(volumeRow).homogeneous()
+    except (KeyError, TypeError, ValueError):
+        return None
+    return matrix if np.all(np.isfinite(matrix)) else None
+
+
+def volumePoseText(volumeRow):
+    """The volume stage's finding in words ("" without it), as the report writes it."""
+    from MemorizationIndexLib.report.html import volume_pose_text
+
+    return volume_pose_text(volumeRow)
+
+
 def buildBank(
     trainingFolder,
     bankFolder,

@@ -21,7 +21,13 @@ import numpy as np
 import vtk
 
 from MemorizationIndexSlicer import engine, nodes, views, volumes
-from MemorizationIndexSlicer.placement import LPS_TO_RAS, matchPlacementMatrix, poseOfRow, snapPose
+from MemorizationIndexSlicer.placement import (
+    LPS_TO_RAS,
+    matchPlacementMatrix,
+    poseOfRow,
+    snapPose,
+    volumePlacementMatrix,
+)
 from MemorizationIndexSlicer.process import ChildProcess, Job, workerCommand
 
 MATCH_TRANSFORM_NAME = "MemorizationIndex match placement"
@@ -298,6 +304,7 @@ class MemorizationIndexSceneLogic:
             "longestRun": row["longest_run"],
             "nSlices": row["n_slices"],
             "alpha": result.alpha,
+            "volumePose": engine.volumePoseText(row),
         }
 
     def suspectedCopies(self, result=None):
@@ -376,9 +383,23 @@ class MemorizationIndexSceneLogic:
             self.currentSliceIndex = self.result.slices.index(row)
         return row
 
+    def volumeRowOf(self, row):
+        """The scored volume a slice row belongs to (None when nothing is scored)."""
+        if self.result is None:
+            return None
+        return next((v for v in self.result.volumes if v["volume"] == row["volume"]), None)
+
     def placeMatch(self, syntheticNode, matchNode, row, axis=None):
-        """Create or update the linear transform laying the match's slice on the synthetic one."""
+        """Create or update the linear transform laying the match on the synthetic volume:
+        the whole training volume by the volume stage's 3D pose when that stage registered
+        this very training volume, else the matched slice onto the synthetic slice."""
         axis = axis or self.bankAxis()
+        volumeRow = self.volumeRowOf(row)
+        poseLPS = None
+        if volumeRow is not None and volumeRow["volume_match"] == row["match_volume"]:
+            poseLPS = engine.volumePoseLPS(volumeRow.as_row())
+        if poseLPS is not None:
+            return self._setMatchTransform(syntheticNode, matchNode, volumePlacementMatrix(poseLPS))
         flip, angle, scale, shift, verified = poseOfRow(row)
         if verified:
             # The engine reports a physical pose (scale already corrected for the two
@@ -395,6 +416,9 @@ class MemorizationIndexSceneLogic:
             scale,
             shift,
         )
+        return self._setMatchTransform(syntheticNode, matchNode, matrix)
+
+    def _setMatchTransform(self, syntheticNode, matchNode, matrix):
         transformNode = nodes.singletonNode(
             self.scene, "vtkMRMLLinearTransformNode", MATCH_TRANSFORM_NAME, "matchPlacement"
         )

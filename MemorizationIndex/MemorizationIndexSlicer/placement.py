@@ -84,6 +84,15 @@ def matchPlacementMatrix(
     return flipRAS @ lps @ flipRAS
 
 
+def volumePlacementMatrix(poseLPS):
+    """4x4 RAS matrix that puts the whole training volume where the volume stage found its
+    anatomy in the synthetic volume (poseLPS: the 4x4 LPS map training -> synthetic), so
+    every synthetic slice plane, tilted or between the bank's slices, shows the training
+    anatomy resampled on it."""
+    flipRAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flipRAS @ np.asarray(poseLPS, float) @ flipRAS
+
+
 def poseOfRow(row):
     """(flip, angle in degrees, physical (scale columns, scale rows), (shift columns, shift
     rows) mm, verified).

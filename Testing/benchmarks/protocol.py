@@ -140,6 +140,9 @@ class DetectionConfig:
             layers=self.layers,
             stride=self.stride,
             calibration_folds=self.calibration_folds,
+            # The copies here are single slices (no 3D pose to find): stage 3 is measured on
+            # the hard cohort (hard_benchmark.py), where copies are whole moved volumes.
+            volume_stage=False,
         )
         kwargs.update(overrides)
         return BankSettings(**kwargs)

@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
     p.add_argument(
         "--only",
-        choices=("all", "detection", "speed", "gpu"),
+        choices=("all", "detection", "hard", "speed", "gpu"),
         default="all",
-        help="all = detection + speed (CPU); gpu = the device run (bf16 throughput, GPU bank)",
+        help="all = detection + hard cohort + speed (CPU); hard = the cohort of copies moved "
+        "in 3D only; gpu = the device run (bf16 throughput, GPU bank)",
     )
     p.add_argument("--data", help="folder of volumes to use instead of the built-in cohort")
     p.add_argument("--checkpoint", help="MRI-CORE checkpoint; without it an untrained encoder")
@@ -206,6 +207,13 @@ def main(argv=None) -> int:
         print(f"Detection benchmark: {config.describe()}", flush=True)
         results["detection"] = protocol.run_detection(config, progress=print)
         sections.append(protocol.detection_tables(results["detection"]))
+    if args.only in ("all", "hard"):
+        from Testing.benchmarks import hard_benchmark
+
+        print("Hard-cohort benchmark (copies moved in 3D) ...", flush=True)
+        hard_args = ["--out", str(out / "hard"), "--image-size", str(args.image_size)]
+        results["hard"] = hard_benchmark.main(hard_args + ["--alpha", str(args.alpha)])
+        sections.append(hard_benchmark.markdown(results["hard"]))
     if args.only in ("all", "speed"):
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from Testing.benchmarks import hard_baseline, hard_cohort
+from Testing.benchmarks import hard_benchmark, hard_cohort
 
 pytest.importorskip("nilearn")
 
@@ -91,10 +91,10 @@ def test_subjects_differ_noise_fills_the_field_of_view_and_contrasts_differ(coho
 
 
 def test_baseline_metrics_on_known_inputs(tmp_path, cohort):
-    assert hard_baseline.auroc([2, 3], [0, 1]) == 1.0
-    assert hard_baseline.auroc([1], [1]) == 0.5
+    assert hard_benchmark.auroc([2, 3], [0, 1]) == 1.0
+    assert hard_benchmark.auroc([1], [1]) == 0.5
     negative = np.arange(100.0)
-    assert hard_baseline.tpr_at_fpr([98.5, 97.5, 200], negative) == pytest.approx(2 / 3)
+    assert hard_benchmark.tpr_at_fpr([98.5, 97.5, 200], negative) == pytest.approx(2 / 3)
     # evaluate() on hand-written CSVs shaped like the engine's report.
     truth = hard_cohort.load_truth(cohort.root)
     copy, novel = truth.copies[0], truth.novel[0]
@@ -116,7 +116,7 @@ def test_baseline_metrics_on_known_inputs(tmp_path, cohort):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    run = hard_baseline.evaluate(tmp_path, truth, bank_stride=2)
+    run = hard_benchmark.evaluate(tmp_path, truth, bank_stride=2)
     row = next(r for r in run["rows"] if r["file"] == copy["file"].split("/")[-1])
     assert row["auroc"] == 1.0 and row["volume_flagged"] and row["match_is_source"] == 1.0
     assert row["auroc_off_grid_slices"] == 1.0

@@ -32,7 +32,7 @@ def volumes(template_image, seeds, options):
 
 
 def test_flag_rate_on_novel_volumes_is_near_alpha():
-    """Both stages (features, then verification), as the defaults run."""
+    """All three stages (features, verification, the volume stage), as the defaults run."""
     settings = BankSettings(
         image_size=48,
         layers=TINY_LAYERS,
@@ -49,6 +49,7 @@ def test_flag_rate_on_novel_volumes_is_near_alpha():
         encoder,
         options,
         thumbnail_size=settings.thumbnail_size,
+        volume_grid_mm=settings.volume_grid_mm,
     )
     bank = bank_from_features(train, settings, encoder.info)
     novel = extract_features(
@@ -56,7 +57,9 @@ def test_flag_rate_on_novel_volumes_is_near_alpha():
         encoder,
         options,
         thumbnail_size=settings.thumbnail_size,
+        volume_grid_mm=settings.volume_grid_mm,
     )
+    assert bank.combination.n_stages == 3
     result = score_features(bank, novel, alpha=0.01)
     flagged = np.array([r["flagged"] for r in result.slices])
     assert len(flagged) > 600

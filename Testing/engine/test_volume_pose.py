@@ -11,84 +11,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from MemorizationIndexLib.search import volume_pose as vp
-from scipy import ndimage
 
-SPACING = 4.0
-# A known pose: tilts about the left-right and anterior-posterior axes, a 3D shift.
-ANGLES = (6.0, -4.0, 0.0)
-SHIFT = (5.0, -6.0, 4.5)
-
-
-def _template() -> sitk.Image:
-    nilearn_datasets = pytest.importorskip("nilearn.datasets")
-    image = sitk.Cast(sitk.ReadImage(str(nilearn_datasets.MNI152_FILE_PATH)), sitk.sitkFloat32)
-    image = sitk.DICOMOrient(image, "LPS")
-    image = sitk.SmoothingRecursiveGaussian(image, (SPACING - 1.0) / 2.0)
-    size = [
-        int(round(n * s / SPACING))
-        for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)
-    ]
-    return sitk.Resample(
-        image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (SPACING,) * 3,
-        image.GetDirection(), 0.0, sitk.sitkFloat32,
-    )  # fmt: skip
-
-
-def _like(array: np.ndarray, like: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array.astype(np.float32))
-    image.CopyInformation(like)
-    return image
-
-
-def _subject(template: sitk.Image, seed: int) -> sitk.Image:
-    """The template under a smooth random deformation (about 4 mm), with mild Rician noise."""
-    rng = np.random.default_rng(seed)
-    values = sitk.GetArrayFromImage(template)
-    shape = values.shape
-    coords = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")
-    warped = []
-    for axis in range(3):
-        grid = rng.standard_normal((4, 4, 4))
-        disp = ndimage.zoom(grid, [s / 4 for s in shape], order=3, grid_mode=True, mode="nearest")
-        warped.append(coords[axis] + 4.0 / SPACING * disp[: shape[0], : shape[1], : shape[2]])
-    out = ndimage.map_coordinates(values, warped, order=1, mode="constant")
-    out = out / np.percentile(out, 99)
-    return _like(_rician(out, 0.02, rng), template)
-
-
-def _rician(values, sigma, rng):
-    return np.hypot(values + rng.normal(0, sigma, values.shape), rng.normal(0, sigma, values.shape))
-
-
-def _move_scipy(image: sitk.Image, angles_deg, shift_mm, seed: int = 7) -> sitk.Image:
-    """The content moved by p' = R (p - c) + c + t (c: grid centre), by scipy, plus noise."""
-    spacing = np.array(image.GetSpacing())  # x, y, z
-    size = np.array(image.GetSize())
-    centre_index = (size - 1) / 2.0
-    r = vp.rotation_matrix(angles_deg)
-    # input index (xyz) = S^-1 R^T S (out - ci) + ci - S^-1 R^T t
-    s, s_inv = np.diag(spacing), np.diag(1.0 / spacing)
-    m_xyz = s_inv @ r.T @ s
-    off_xyz = centre_index - m_xyz @ centre_index - s_inv @ r.T @ np.asarray(shift_mm)
-    flip = np.eye(3)[::-1]  # xyz <-> zyx
-    values = sitk.GetArrayFromImage(image)
-    moved = ndimage.affine_transform(
-        values, flip @ m_xyz @ flip, offset=flip @ off_xyz, order=3, mode="constant"
-    )
-    rng = np.random.default_rng(seed)
-    return _like(_rician(np.clip(moved, 0, None), 0.02, rng), image)
+from .moved_copies import ANGLES, SHIFT, SPACING, like, move_scipy, subject, template
 
 
 @pytest.fixture(scope="module")
 def cohort():
-    template = _template()
-    train = _subject(template, 1)
-    copy = _move_scipy(train, ANGLES, SHIFT)
+    base = template()
+    train = subject(base, 1)
+    copy = move_scipy(train, ANGLES, SHIFT)
     # Hot voxels, as generative models emit: intensity handling must not be min/max.
     hot = sitk.GetArrayFromImage(copy)
     hot.flat[np.random.default_rng(3).choice(hot.size, 30, replace=False)] = 1e4
-    copy = _like(hot, copy)
-    novel = _subject(template, 2)
+    copy = like(hot, copy)
+    novel = subject(base, 2)
     return {"train": train, "copy": copy, "novel": novel}
 
 
@@ -166,7 +102,7 @@ def test_off_grid_copy_matches_on_resampled_planes(cohort):
     """A copy off the training grid (half a slice in z, tilted): the odd slices a stride-2
     bank never stored match the training volume resampled on their planes."""
     train = cohort["train"]
-    copy = _move_scipy(train, (4.0, 0.0, 0.0), (0.0, 0.0, SPACING / 2.0), seed=11)
+    copy = move_scipy(train, (4.0, 0.0, 0.0), (0.0, 0.0, SPACING / 2.0), seed=11)
     reg = vp.register_volumes(copy, train)
     values = sitk.GetArrayViewFromImage(copy)
     share = (values > 0.2).mean(axis=(1, 2))

@@ -22,7 +22,8 @@ from ..errors import InputError, SettingsError
 from ..job import Job
 from ..scans import find_scans_required
 from ..scans.subjects import read_grouping_file, split_duplicates, subject_of
-from ..search.index import QuerySlices
+from ..search.index import QuerySlices, StageResult
+from ..search.volume_stage import CompactVolumeStore, VolumeStageResult, volume_stage
 from .feature_bank import FeatureBank, no_images
 from .settings import BankSettings
 
@@ -35,6 +36,7 @@ class NullSearch:
 
     s1: np.ndarray  # stage-1 similarity
     s2: np.ndarray | None  # stage-2 aligned NCC (None without verification)
+    s3: np.ndarray | None  # stage-3 volume NCC (None without the volume stage)
     rows: np.ndarray  # the FeatureSet rows these belong to
     matched_volume: np.ndarray  # training volume of each slice's match
 
@@ -58,6 +60,7 @@ def cross_fitted_null(
         null_rows = np.arange(len(train))
     s1 = np.zeros(len(null_rows), np.float64)
     s2 = np.zeros(len(null_rows), np.float64) if settings.verify else None
+    s3 = np.zeros(len(null_rows), np.float64) if settings.volume_stage else None
     matched = np.zeros(len(null_rows), np.int64)
     folds = volume_folds(len(train.volumes), settings.calibration_folds, settings.seed, groups)
     for held_out in folds:
@@ -77,8 +80,40 @@ def cross_fitted_null(
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:
             s2[query_mask] = result.alignment.ncc
-        matched[query_mask] = train.volume_ids[np.flatnonzero(in_bank)[result.match_rows]]
-    return NullSearch(s1, s2, null_rows, matched)
+        bank_rows = np.flatnonzero(in_bank)[result.match_rows]
+        matched[query_mask] = train.volume_ids[bank_rows]
+        if s3 is not None:
+            s3[query_mask] = held_out_volume_stage(
+                train, settings, null_rows[query_mask], bank_rows, result, job
+            ).scores
+    return NullSearch(s1, s2, s3, null_rows, matched)
+
+
+def held_out_volume_stage(
+    train: FeatureSet,
+    settings: BankSettings,
+    query_rows: np.ndarray,
+    bank_rows: np.ndarray,
+    result: StageResult,
+    job: Job,
+) -> VolumeStageResult:
+    """Stage 3 of held-out training slices (FeatureSet rows) whose stage-1/2 matches are
+    the FeatureSet rows `bank_rows`: the null's side of score.volume_stage_of."""
+    positions = train.positions()
+    return volume_stage(
+        query_volumes={int(v): train.compact_volumes[int(v)] for v in train.volume_ids[query_rows]},
+        training_volume=lambda vid: train.compact_volumes[vid],
+        query_vids=train.volume_ids[query_rows],
+        positions=positions[query_rows],
+        thumbnail_mm=train.thumbnail_mm[query_rows],
+        matched_vids=train.volume_ids[bank_rows],
+        matched_positions=positions[bank_rows],
+        stage_scores=result.stage_score,
+        axis=settings.axis,
+        size=settings.thumbnail_size,
+        candidates=settings.volume_candidates,
+        check=job.check,
+    )
 
 
 NEAR_DUPLICATE_SPREADS = 8.0  # robust spreads above the typical volume: no two subjects
@@ -128,8 +163,15 @@ def merge_groups(groups: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray
     return merged
 
 
-def _check_enough(train: FeatureSet) -> None:
-    """InputError unless there are slices of at least two training volumes."""
+def _check_enough(train: FeatureSet, settings: BankSettings) -> None:
+    """InputError unless there are slices of at least two training volumes; SettingsError
+    when stage 3 is on and the volumes were encoded without their compact copies."""
+    if settings.volume_stage and len(train.compact_volumes) != len(train.volumes):
+        raise SettingsError(
+            "These settings verify whole volumes (stage 3): encode the training scans with "
+            f"extract_features(..., volume_grid_mm={settings.volume_grid_mm}), or build with "
+            "volume_stage=False."
+        )
     if len(train) == 0:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in train.skipped[:5])
         more = f" (and {len(train.skipped) - 5} more)" if len(train.skipped) > 5 else ""
@@ -157,15 +199,15 @@ def bank_from_features(
     subjects: {(volume path, series uid): subject key}; volumes without one are their own
     subject. Near-duplicate volumes found in the null are reported and held out together.
     """
-    _check_enough(train)
+    _check_enough(train, settings)
     groups = subject_groups(train, subjects or {})
     found = cross_fitted_null(train, settings, job, groups)
     pairs = near_duplicates(train, found)
     if pairs:  # calibrate again with each such pair held out together
         groups = merge_groups(groups, pairs)
         found = cross_fitted_null(train, settings, job, groups)
-    combination = Combination.fit(found.s1, found.s2)
-    null = NullModel.fit(combination.statistic_of(found.s1, found.s2))
+    combination = Combination.fit(found.s1, found.s2, found.s3)
+    null = NullModel.fit(combination.statistic_of(found.s1, found.s2, found.s3))
     thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
     index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)
     manifest = {
@@ -189,7 +231,7 @@ def bank_from_features(
         encoder_info=info.to_dict(),
         index=index,
         slice_indices=np.array([s.slice_index for s in train.slices], np.int64),
-        positions=np.array([s.position for s in train.slices], np.float64).reshape(-1, 3),
+        positions=train.positions(),
         volumes=list(train.volumes),
         series_uids=list(train.series_uids),
         series_names=list(train.series_names),
@@ -197,6 +239,9 @@ def bank_from_features(
         null=null,
         combination=combination,
         manifest=manifest,
+        compact_volumes=(
+            CompactVolumeStore.of(train.compact_volumes) if settings.volume_stage else None
+        ),
     )
 
 
@@ -250,6 +295,7 @@ def build_bank(
         thumbnail_size=settings.thumbnail_size,
         job=job,
         stage="Encoding training slices",
+        volume_grid_mm=settings.volume_grid_mm if settings.volume_stage else None,
     )
     train.skipped = list(skipped) + train.skipped
     job.report(CALIBRATION_STAGE, 0, 1)

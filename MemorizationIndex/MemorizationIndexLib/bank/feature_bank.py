@@ -26,6 +26,7 @@ from ..job import Step
 from ..scans import SliceInfo
 from ..search.index import QuerySlices, SliceIndex, StageResult
 from ..search.verification import VERIFIER_VERSION
+from ..search.volume_stage import GEOMETRY_FIELDS, CompactVolumeStore
 from ..search.whitening import Whitener
 from .files import (
     MANIFEST_NAME,
@@ -64,6 +65,8 @@ class FeatureBank:
     manifest: dict = field(default_factory=dict)
     path: str | None = None
     series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
+    # stage 3's compact copy of each training volume (None without the volume stage)
+    compact_volumes: CompactVolumeStore | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -151,6 +154,9 @@ class FeatureBank:
             np.savez(tmp / "null.npz", **self.null.to_arrays())
             if self.combination.verify:
                 np.savez(tmp / "null_stages.npz", **self.combination.to_arrays())
+            if self.compact_volumes is not None:
+                np.save(tmp / "volume_voxels.npy", np.asarray(self.compact_volumes.voxels))
+                np.save(tmp / "volume_geometry.npy", self.compact_volumes.geometry)
             manifest = dict(self.manifest)
             manifest.update(
                 {
@@ -175,6 +181,7 @@ class FeatureBank:
                     "calibration": self.null.summary(),
                     "combination": self.combination.summary(),
                     "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
+                    "volume_stage": self._volume_stage_description(),
                 }
             )
             manifest["files"] = file_digests(tmp)
@@ -182,6 +189,18 @@ class FeatureBank:
         self.path = str(path)
         self.manifest = manifest
         return path
+
+    def _volume_stage_description(self) -> dict | None:
+        """What the bank keeps of each training scan for stage 3, in words and bytes."""
+        if self.compact_volumes is None:
+            return None
+        return {
+            "stores": "a compact copy of each training volume: uint8, its robust intensity "
+            f"range, on a {self.settings.volume_grid_mm:g} mm grid",
+            "n_volumes": len(self.compact_volumes),
+            "bytes": int(np.asarray(self.compact_volumes.voxels).nbytes),
+            "candidates_per_volume": self.settings.volume_candidates,
+        }
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureBank:
@@ -215,6 +234,7 @@ class FeatureBank:
             combination=arrays["combination"],
             manifest=manifest,
             path=str(path),
+            compact_volumes=arrays["compact_volumes"],
         )
 
     def check_compatible(self, settings: BankSettings | None = None, encoder: dict | None = None):
@@ -282,11 +302,12 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
             "list. Rebuild the bank."
         )
     null_keys = tuple(NullModel.__dataclass_fields__)
-    stage_keys = tuple(f"stage{i}_{k}" for i in (1, 2) for k in null_keys)
+    n_stages = 3 if settings.volume_stage else 2
+    stage_keys = tuple(f"stage{i}_{k}" for i in range(1, n_stages + 1) for k in null_keys)
     try:
         null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
         stages = load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {}
-        combination = Combination.from_arrays(settings.verify, stages)
+        combination = Combination.from_arrays(settings.verify, stages, n_stages)
     except (TypeError, ValueError) as exc:
         raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
     return {
@@ -299,7 +320,23 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "thumbnail_mm": per_slice["thumbnail_mm.npy"],
         "null": null,
         "combination": combination,
+        "compact_volumes": _load_compact_volumes(path, n_volumes)
+        if settings.volume_stage
+        else None,
     }
+
+
+def _load_compact_volumes(path: Path, n_volumes: int) -> CompactVolumeStore:
+    """Stage 3's compact training volumes, checked against each other and the manifest."""
+    voxels = load_array(path, "volume_voxels.npy", "u", (None,))
+    geometry = load_array(path, "volume_geometry.npy", "f", (n_volumes, GEOMETRY_FIELDS))
+    try:
+        return CompactVolumeStore(voxels, geometry)
+    except ValueError as exc:
+        raise BankError(
+            f"Bank files {path / 'volume_voxels.npy'} and {path / 'volume_geometry.npy'} do "
+            f"not belong together ({exc}). Rebuild the bank."
+        ) from exc
 
 
 def _read_manifest(path: Path) -> dict:

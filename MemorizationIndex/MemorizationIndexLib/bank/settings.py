@@ -31,6 +31,9 @@ class BankSettings:
     pixel_k: extra candidates per pixel descriptor. seed: folds and untrained weights.
     store_images: keep a thumbnail of every training slice in the bank (stage 2 compares
     them, the report shows them); False keeps no image of any patient, needs verify=False.
+    volume_stage: stage 3, each synthetic volume registered in 3D onto its
+    volume_candidates most matched training volumes, kept in the bank as compact copies on a
+    volume_grid_mm grid (search/volume_stage.py); part of verification, so off without it.
     """
 
     image_size: int = 224
@@ -49,6 +52,9 @@ class BankSettings:
     pixel_k: int = 8
     seed: int = 0
     store_images: bool = True
+    volume_stage: bool = True
+    volume_candidates: int = 2
+    volume_grid_mm: float = 2.0
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
 
@@ -75,6 +81,16 @@ class BankSettings:
             raise SettingsError(
                 "--no-images needs --no-verify: stage-2 verification compares the training "
                 "images the bank would then not keep."
+            )
+        if not self.verify:  # stage 3 is part of verification (and needs the images)
+            object.__setattr__(self, "volume_stage", False)
+        if self.volume_candidates < 1:
+            raise SettingsError(
+                f"--volume-candidates must be at least 1 (got {self.volume_candidates})."
+            )
+        if not 0.5 <= self.volume_grid_mm <= 8.0:
+            raise SettingsError(
+                f"--volume-grid-mm must lie between 0.5 and 8 mm (got {self.volume_grid_mm})."
             )
         if self.verify and self.verify_k < 1:
             raise SettingsError(f"--verify-k must be at least 1 (got {self.verify_k}).")
@@ -106,6 +122,7 @@ class BankSettings:
     @classmethod
     def from_dict(cls, d: dict) -> BankSettings:
         known = {f.name for f in fields(cls)}
+        d = {"volume_stage": False, **d}  # banks from before stage 3 have none
         return cls(
             **{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         )

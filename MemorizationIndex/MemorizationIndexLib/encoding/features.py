@@ -23,6 +23,7 @@ from ..scans import (
     SliceInfo,
     read_scan_reporting,
 )
+from ..search.volume_stage import CompactVolume
 from .encoder import Encoder
 from .preprocessing import thumbnails
 
@@ -48,9 +49,15 @@ class FeatureSet:
     thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     skipped: list[SkippedInput] = field(default_factory=list)
     series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
+    # per volume, for stage 3 (search/volume_stage.py); empty when not asked for
+    compact_volumes: list[CompactVolume] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.slices)
+
+    def positions(self) -> np.ndarray:
+        """[N, 3] LPS mm of every slice's centre."""
+        return np.array([s.position for s in self.slices], np.float64).reshape(-1, 3)
 
     def view(self, flip: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """(rows, per-layer features) of one view; 'none' is every row."""
@@ -68,7 +75,13 @@ def _evenly_spaced(n: int, budget: int | None) -> np.ndarray:
 class _Collector:
     """The per-volume pieces of a FeatureSet, concatenated at the end."""
 
-    def __init__(self, n_layers: int, extra_flips: list[str], thumbnail_size: int):
+    def __init__(
+        self,
+        n_layers: int,
+        extra_flips: list[str],
+        thumbnail_size: int,
+        volume_grid_mm: float | None = None,
+    ):
         self.per_layer: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
         self.flip_parts = {f: [[] for _ in range(n_layers)] for f in extra_flips}
         self.flip_rows: dict[str, list[np.ndarray]] = {f: [] for f in extra_flips}
@@ -81,6 +94,8 @@ class _Collector:
         self.thumbs: list[np.ndarray] = []
         self.thumb_mm: list[np.ndarray] = []
         self.thumbnail_size = thumbnail_size
+        self.volume_grid_mm = volume_grid_mm
+        self.compact: list[CompactVolume] = []
         self.offset = 0
 
     def add(self, volume: ScanVolume, features, flip_features: dict, rows: np.ndarray) -> None:
@@ -103,6 +118,10 @@ class _Collector:
         rows_mm = volume.slices.shape[1] * volume.pixel_spacing[0]
         cols_mm = volume.slices.shape[2] * volume.pixel_spacing[1]
         self.thumb_mm.append(np.full(len(volume), max(rows_mm, cols_mm) / size))
+        if self.volume_grid_mm is not None:
+            self.compact.append(
+                CompactVolume.of(volume.image, volume.intensity_bounds, self.volume_grid_mm)
+            )
         self.offset += len(volume)
 
     def feature_set(self, layers: tuple[int, ...], skipped: list[SkippedInput]) -> FeatureSet:
@@ -136,6 +155,7 @@ class _Collector:
             ),
             thumbnail_mm=np.concatenate(self.thumb_mm) if self.thumb_mm else np.zeros(0),
             skipped=skipped,
+            compact_volumes=self.compact,
         )
 
 
@@ -170,12 +190,14 @@ def extract_features(
     thumbnail_size: int = 64,
     job: Job | None = None,
     stage: str = "Encoding slices",
+    volume_grid_mm: float | None = None,
 ) -> FeatureSet:
     """Read, preprocess and encode every source; unusable ones are skipped and reported.
 
     flip_budget limits the flipped views to about that many slices in all, spread evenly
     over volumes and slices (the calibration null needs flipped views only of a sample).
     Progress counts volumes (fractions within one); Cancel is honoured per encoder batch.
+    volume_grid_mm: also keep a compact copy of each volume on that grid (stage 3).
     """
     for flip in flips:
         if flip not in FLIPS:
@@ -185,7 +207,7 @@ def extract_features(
     per_volume = None
     if flip_budget is not None and sources:
         per_volume = max(1, math.ceil(flip_budget / len(sources)))
-    collected = _Collector(len(encoder.layers), extra_flips, thumbnail_size)
+    collected = _Collector(len(encoder.layers), extra_flips, thumbnail_size, volume_grid_mm)
     skipped: list[SkippedInput] = []
 
     def load(source) -> tuple[ScanVolume | None, list[SkippedInput]]:

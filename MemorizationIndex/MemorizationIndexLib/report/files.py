@@ -28,9 +28,10 @@ def write_csv(
     path: Path, results: list[SliceResult] | list[VolumeResult], required: tuple[str, ...]
 ) -> None:
     rows = [r.as_row() for r in results]
-    columns = list(required) + [c for c in (rows[0].keys() if rows else []) if c not in required]
+    present = dict.fromkeys(c for row in rows for c in row)  # every row's columns, in order
+    columns = list(required) + [c for c in present if c not in required]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})

@@ -10,7 +10,7 @@ import torch
 
 from ..bank.feature_bank import FeatureBank
 from ..geometry import flip_axes, sampling_theta, warp
-from ..scoring.results import ScoreResult, SliceResult
+from ..scoring.results import ScoreResult, SliceResult, VolumeResult
 from .images import difference_image, png_data_uri
 
 TOP_COPIES_IN_REPORT = 12
@@ -103,6 +103,20 @@ def _series(name: str) -> str:
     return f" <small>(series {html.escape(name)})</small>" if name else ""
 
 
+def volume_pose_text(v: VolumeResult) -> str:
+    """The volume stage's finding in words: the registered training volume, the aligned
+    similarity and the 3D pose ("" without stage 3)."""
+    if v.pose is None:
+        return ""
+    p = v.pose.summary()
+    return (
+        f"{v.volume_match}: aligned NCC {v.aligned_similarity:.3f}; rotated "
+        f"LR {p['angle_lr_deg']:+.1f}°, AP {p['angle_ap_deg']:+.1f}°, "
+        f"SI {p['angle_si_deg']:+.1f}°; shifted {p['shift_l_mm']:+.1f} L, "
+        f"{p['shift_p_mm']:+.1f} P, {p['shift_s_mm']:+.1f} S mm"
+    )
+
+
 def _volume_table_rows(result: ScoreResult) -> str:
     esc = html.escape
     return "".join(
@@ -110,7 +124,8 @@ def _volume_table_rows(result: ScoreResult) -> str:
         f"<td>{esc(v.volume)}{_series(v.series_name)}</td>"
         f"<td>{'COPY' if v.flagged else 'novel'}</td><td>{v.mi:.6f}</td>"
         f"<td>{v.oni:+.3f}</td><td>{v.fraction_flagged:.2f}</td>"
-        f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td></tr>"
+        f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td>"
+        f"<td>{esc(volume_pose_text(v))}</td></tr>"
         for v in result.ranked_volumes()
     )
 
@@ -167,7 +182,9 @@ Estimated share of copied slices: {100 * s["estimated_copy_share"]:.1f} %.
 Mean MI {s["mean_mi"]:.3f}.</p>
 <h2>Volumes</h2>
 <table><tr><th>volume</th><th>verdict</th><th>MI</th><th>ONI</th><th>slices flagged</th>
-<th>longest run</th><th>best-matching training volume</th></tr>{vol_rows}</table>
+<th>longest run</th><th>best-matching training volume</th>
+<th>3D registration (volume stage): training volume, similarity, pose</th></tr>{vol_rows}
+</table>
 <h2>Similarity: synthetic slices (orange) against the calibration null (grey)</h2>
 {_histogram_svg(sims, bank.null.samples)}
 <p>Null: {s["calibration"]["n_null_slices"]} slices of training volumes held out of the bank;

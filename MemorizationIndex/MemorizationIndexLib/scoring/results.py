@@ -15,6 +15,7 @@ import numpy as np
 
 from ..scans import SkippedInput
 from ..search.verification import Alignments
+from ..search.volume_pose import RigidPose
 
 # Columns that every slices.csv / volumes.csv starts with (README, "Output files"); new
 # columns may be added after them, these are never renamed.
@@ -94,6 +95,7 @@ class SliceResult(_Row):
     shift_mm: tuple[float, float] = (0.0, 0.0)
     scale: tuple[float, float] = (1.0, 1.0)
     verified_ncc: float | None = None
+    volume_ncc: float | None = None  # stage 3: NCC with the registered training volume
     margin: float = 0.0
     agreement: float = 0.0
     layer_similarity: dict[int, float] = field(default_factory=dict)
@@ -128,6 +130,8 @@ class SliceResult(_Row):
         }
         if self.verified_ncc is not None:
             row["verified_ncc"] = self.verified_ncc
+        if self.volume_ncc is not None:
+            row["volume_ncc"] = self.volume_ncc
         row.update(
             {
                 "transform": self.flip,
@@ -152,7 +156,11 @@ class VolumeResult(_Row):
     p-values; oni the mean slice ONI; mi_max and mi_q90 over its slices; fraction_flagged
     and match_fraction are shares of its slices; longest_run counts consecutive flagged
     slices matching consecutive slices of match_volume; flip (column `transform`) is the
-    most common flip of its flagged slices ("" when none is flagged)."""
+    most common flip of its flagged slices ("" when none is flagged). With stage 3,
+    volume_match is the training volume registered best onto this one, aligned_similarity
+    their foreground NCC after registration, and pose the 3D rigid map from volume_match to
+    this volume (LPS mm; columns angle_lr/ap/si_deg, shift_l/p/s_mm, centre_l/p/s_mm,
+    scale)."""
 
     volume: str
     series_uid: str
@@ -170,12 +178,21 @@ class VolumeResult(_Row):
     flagged: bool
     warnings: str
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
+    volume_match: str = ""
+    aligned_similarity: float | None = None
+    pose: RigidPose | None = None
 
     def as_row(self) -> dict:
-        """The volumes.csv row, columns in file order."""
+        """The volumes.csv row, columns in file order (the pose columns with stage 3)."""
         row = {f.name: getattr(self, f.name) for f in fields(self)}
         row["transform"] = row.pop("flip")
-        return {k: row[k] for k in _VOLUME_ORDER}
+        out = {k: row[k] for k in _VOLUME_ORDER}
+        if self.pose is not None:
+            out["volume_match"] = self.volume_match
+            out["aligned_similarity"] = self.aligned_similarity
+            out.update(self.pose.summary())
+            out["scale"] = 1.0  # rigid: the volume stage does not stretch
+        return out
 
 
 _VOLUME_ORDER = (

@@ -21,6 +21,7 @@ from ..errors import InputError, SettingsError
 from ..job import VERIFY_STAGE, Job
 from ..scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans_required
 from ..search.index import StageResult
+from ..search.volume_stage import VolumeMatch, VolumeStageResult, volume_stage
 from .results import ScoreResult, SliceResult, VolumeResult
 
 HIGH_QUANTILE = 0.9
@@ -91,6 +92,44 @@ def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -
     }
 
 
+def volume_stage_of(bank: FeatureBank, queries: FeatureSet, stages: StageResult, job: Job):
+    """Stage 3 of the synthetic slices against the bank (None when the bank has none);
+    the scoring side of build.held_out_volume_stage."""
+    if bank.compact_volumes is None:
+        return None
+    if len(queries.compact_volumes) != len(queries.volumes):
+        raise SettingsError(
+            "This bank verifies whole volumes (stage 3): encode the synthetic scans with "
+            f"extract_features(..., volume_grid_mm={bank.settings.volume_grid_mm})."
+        )
+    rows = stages.match_rows
+    return volume_stage(
+        query_volumes=dict(enumerate(queries.compact_volumes)),
+        training_volume=bank.compact_volumes.__getitem__,
+        query_vids=queries.volume_ids,
+        positions=queries.positions(),
+        thumbnail_mm=queries.thumbnail_mm,
+        matched_vids=bank.volume_ids[rows],
+        matched_positions=bank.positions[rows],
+        stage_scores=stages.stage_score,
+        axis=bank.settings.axis,
+        size=bank.settings.thumbnail_size,
+        candidates=bank.settings.volume_candidates,
+        check=job.check,
+    )
+
+
+def _volume_pose(bank: FeatureBank, match: VolumeMatch | None) -> dict:
+    """The volume stage's columns of a volume: its training volume, pose and similarity."""
+    if match is None:
+        return {}
+    return {
+        "volume_match": bank.volumes[match.training_volume],
+        "aligned_similarity": match.similarity,
+        "pose": match.pose,
+    }
+
+
 def _top_matches(bank: FeatureBank, rows: np.ndarray, similarities: np.ndarray) -> str:
     return ";".join(
         f"{bank.slice_info(int(r)).volume}#{bank.slice_info(int(r)).slice_index}={float(s):.4f}"
@@ -136,13 +175,16 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
                     for j, layer in enumerate(bank.settings.layers)
                 },
                 top_matches=_top_matches(bank, best.topk[i], best.topk_similarity[i]),
+                volume_ncc=None if stages.volume_ncc is None else float(stages.volume_ncc[i]),
                 **_pose(bank, queries, stages, i),
             )
         )
     return out
 
 
-def _volume_result(bank, queries, stages, calibrated, vid: int, alpha: float) -> VolumeResult:
+def _volume_result(
+    bank, queries, stages, calibrated, vid: int, alpha: float, stage3: VolumeStageResult | None
+) -> VolumeResult:
     _, p, mi, oni, flagged = calibrated
     best = stages.stage1
     rows = np.flatnonzero(queries.volume_ids == vid)
@@ -172,6 +214,7 @@ def _volume_result(bank, queries, stages, calibrated, vid: int, alpha: float) ->
         flip=max(set(flips), key=flips.count) if flips else "",
         flagged=bool(vol_p <= alpha),
         warnings=" | ".join(queries.volume_warnings[vid]),
+        **_volume_pose(bank, stage3.matches.get(vid) if stage3 is not None else None),
     )
 
 
@@ -190,15 +233,20 @@ def score_features(
     job = job or Job()
     # Stage 2 reports per verified slice (it is the slow part), from the first one on.
     stages = bank.search(queries, job.step(VERIFY_STAGE, len(queries), announce=False))
+    stage3 = volume_stage_of(bank, queries, stages, job)
+    if stage3 is not None:
+        stages.volume_ncc = stage3.scores
     calibrated = _calibrated(bank, stages, alpha)
     slices = _slice_results(bank, queries, stages, calibrated)
     volumes = [
-        _volume_result(bank, queries, stages, calibrated, vid, alpha)
+        _volume_result(bank, queries, stages, calibrated, vid, alpha, stage3)
         for vid in range(len(queries.volumes))
     ]
     summary = dataset_summary(bank, slices, volumes, alpha, calibrated[3])
     skipped = list(skipped or []) + list(queries.skipped)
     summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    if stage3 is not None:
+        summary["volume_stage"] = stage3.summary()
     summary["warnings"] = [
         {"volume": volume, "warning": warning}
         for volume, warnings in zip(queries.volumes, queries.volume_warnings, strict=True)
@@ -294,6 +342,7 @@ def score(
         thumbnail_size=bank.settings.thumbnail_size,
         job=job,
         stage="Scoring synthetic slices",
+        volume_grid_mm=bank.settings.volume_grid_mm if bank.settings.volume_stage else None,
     )
     if len(queries) == 0:
         raise InputError(

@@ -78,6 +78,12 @@ class StageResult:
     stage1: Matches  # best view's feature matches
     view: np.ndarray  # index of the view (flip) that matched best in stage 1
     alignment: Alignments | None  # stage 2, when verification is on
+    volume_ncc: np.ndarray | None = None  # stage 3 (volume_stage.py), set by its caller
+
+    @property
+    def stage_score(self) -> np.ndarray:
+        """[n] the score of the match shown: stage 2's NCC when there is one, else stage 1's."""
+        return self.alignment.ncc if self.alignment is not None else self.stage1.similarity
 
     @property
     def match_rows(self) -> np.ndarray:

@@ -118,6 +118,24 @@ class RigidPose:
         c = np.asarray(centre_mm, dtype=np.float64)
         return RigidPose(self.matrix, self.apply(c) - c, c)
 
+    def homogeneous(self) -> np.ndarray:
+        """4x4 LPS matrix of the map training -> synthetic."""
+        out = np.eye(4)
+        out[:3, :3] = self.matrix
+        out[:3, 3] = self.centre_mm + self.shift_mm - self.matrix @ self.centre_mm
+        return out
+
+    @classmethod
+    def from_summary(cls, values: dict) -> RigidPose:
+        """The pose `summary()` wrote (a volumes.csv row); KeyError or ValueError when the
+        row has none."""
+        get = lambda *keys: [float(values[k]) for k in keys]  # noqa: E731
+        return cls.from_angles(
+            get("angle_lr_deg", "angle_ap_deg", "angle_si_deg"),
+            get("shift_l_mm", "shift_p_mm", "shift_s_mm"),
+            get("centre_l_mm", "centre_p_mm", "centre_s_mm"),
+        )
+
     def to_sitk(self) -> sitk.Euler3DTransform:
         """The resampling map synthetic -> training, as SimpleITK's Resample wants it."""
         inverse = _orthonormal(self.matrix.T)
@@ -154,6 +172,9 @@ class RigidPose:
             "shift_l_mm": float(self.shift_mm[0]),
             "shift_p_mm": float(self.shift_mm[1]),
             "shift_s_mm": float(self.shift_mm[2]),
+            "centre_l_mm": float(self.centre_mm[0]),
+            "centre_p_mm": float(self.centre_mm[1]),
+            "centre_s_mm": float(self.centre_mm[2]),
         }
 
 
@@ -310,13 +331,15 @@ def robust_unit(image: sitk.Image, percentiles=ROBUST_PERCENTILES) -> sitk.Image
     return result
 
 
-def _coarse(image: sitk.Image, grid_mm: float) -> sitk.Image:
+def coarse(image: sitk.Image, grid_mm: float) -> sitk.Image:
     """The image smoothed and resampled to `grid_mm` voxels when it is finer than that."""
     spacing = np.array(image.GetSpacing())
     if np.all(spacing >= grid_mm * 0.95):
         return image
-    sigma = [float(max(0.0, (grid_mm - s) / 2.0)) for s in spacing]
-    smooth = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0 else image
+    smooth = image
+    for axis, s in enumerate(spacing):  # only along the axes that get coarser
+        if s < grid_mm * 0.95:
+            smooth = sitk.RecursiveGaussian(smooth, float((grid_mm - s) / 2.0), direction=axis)
     size = [
         max(1, int(round(n * s / grid_mm))) for n, s in zip(image.GetSize(), spacing, strict=True)
     ]
@@ -446,8 +469,8 @@ def register_volumes(
     start = time.perf_counter()
     centre = physical_centre(moving)
     pose0 = (initial or RigidPose.identity(centre)).recentred(centre)
-    f = _coarse(robust_unit(fixed), grid_mm)
-    m = _coarse(robust_unit(moving), grid_mm)
+    f = coarse(robust_unit(fixed), grid_mm)
+    m = coarse(robust_unit(moving), grid_mm)
 
     reg = _registration_method(metric, sampling, seed, iterations, shrink)
     transform = pose0.to_sitk()
