@@ -70,9 +70,9 @@ def test_shrinkage_limits():
     assert Whitener.fit(many).shrinkage == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("n, d", [(300, 12), (20, 40)])
-def test_matrix_is_the_inverse_square_root_of_the_shrunk_covariance(n, d):
-    x = correlated(n, d, seed=4)
+@pytest.mark.parametrize("n, d, scale", [(300, 12, 1.0), (20, 40, 1.0), (50, 6, 0.01), (2, 5, 1.0)])
+def test_matrix_is_the_inverse_square_root_of_the_shrunk_covariance(n, d, scale):
+    x = correlated(n, d, seed=4) * np.float32(scale)  # scale 0.01: mean variance below 1
     w = Whitener.fit(x)
     cov = np.cov(x.astype(np.float64), rowvar=False)  # ddof 1, by numpy
     s = w.shrinkage
@@ -85,8 +85,10 @@ def test_matrix_is_the_inverse_square_root_of_the_shrunk_covariance(n, d):
     assert np.allclose(w.transform(x), want, atol=1e-5)
 
 
-def test_constant_features_whiten_to_the_identity():
-    x = np.full((10, 5), 3.0, dtype=np.float32)
+@pytest.mark.parametrize("n", [1, 10])
+def test_constant_features_whiten_to_the_identity(n):
+    """No spread (one sample, or all alike): shrink to the identity, nothing divides by 0."""
+    x = np.full((n, 5), 3.0, dtype=np.float32)
     w = Whitener.fit(x)
     assert w.shrinkage == 1.0
     assert np.allclose(w.matrix, np.eye(5)) and np.all(np.isfinite(w.transform(x + 1.0)))
