@@ -50,8 +50,9 @@ def test_l2_normalise_handles_zero_rows():
 def test_shrinkage_equals_scikit_learns_ledoit_wolf():
     from sklearn.covariance import ledoit_wolf_shrinkage as reference
 
-    for n, d, seed in ((2, 6, 0), (30, 8, 1), (500, 10, 2), (40, 128, 3)):
-        x = correlated(n, d, seed=seed).astype(np.float64)
+    cases = ((2, 6, 0, 1.0), (30, 8, 1, 1.0), (500, 10, 2, 1.0), (40, 128, 3, 1.0), (30, 8, 1, 0.1))
+    for n, d, seed, scale in cases:  # scale 0.1: delta (the spread of the spectrum) below 1
+        x = correlated(n, d, seed=seed).astype(np.float64) * scale
         centred = x - x.mean(0)
         want = reference(centred, assume_centered=True)
         assert ledoit_wolf_shrinkage(centred) == pytest.approx(want, rel=1e-6, abs=1e-9), (n, d)
