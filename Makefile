@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 OUT ?= demo-output
 
-.PHONY: venv venv-test test lint format demo bench clean
+.PHONY: venv venv-test test lint format demo bench mutation clean
 
 venv: $(STAMP)
 venv-test: $(TEST_STAMP)
@@ -41,5 +41,13 @@ demo: venv
 bench: venv-test
 	$(PY) Testing/benchmarks/run_benchmarks.py --out bench-output
 
+# Mutation testing (cosmic-ray) of verification, calibration, matching, whitening and the scan
+# geometry against their fast tests: killed share per module and every survivor. Not part of
+# `make test`; hours on a 2-core machine. MODULES=whitening,null picks modules.
+MODULES ?= verification,geometry,null,combination,neighbours,whitening,slicing
+mutation: venv-test
+	$(PY) -m pip install --quiet -e ".[test,demo,mutation]"
+	QT_QPA_PLATFORM=offscreen $(PY) Testing/benchmarks/mutation.py --modules $(MODULES) --out mutation-output
+
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output bench-output mutation-output .pytest_cache .ruff_cache

@@ -175,10 +175,10 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def tiny_detection():
-    """Every method on a tiny cohort. Stage 2 (geometric verification) is left to the engine's
-    own tests here: its image registrations would take most of this file's time budget."""
+    """Every method on a tiny cohort, stage 2 (geometric verification) included; one seed
+    keeps its image registrations affordable."""
     config = protocol.DetectionConfig(
-        **TINY, copies=5, seeds=2, augmentations=("none", "hflip", "rotate-5"), two_stage=False
+        **TINY, copies=5, seeds=1, augmentations=("none", "hflip", "rotate-5"), two_stage=True
     )
     return config, protocol.run_detection(config, progress=lambda *_: None)
 
@@ -223,8 +223,8 @@ def test_detection_run_computes_every_method(tiny_detection):
         "pixel_correlation",
         "carlini_l2",
     }
-    if config.two_stage:
-        expected.add("ours_two_stage")
+    assert config.two_stage
+    expected.add("ours_two_stage")
     assert set(det["per_slice"]) == expected
     for method, per_aug in det["per_slice"].items():
         for aug, entry in per_aug.items():
@@ -235,9 +235,16 @@ def test_detection_run_computes_every_method(tiny_detection):
     # exact copies of bank slices: our index ranks every one above every clean slice
     assert det["per_slice"]["ours"]["none"]["auroc"]["worst"] == 1.0
     assert det["per_slice"]["ours"]["hflip"]["auroc"]["worst"] == 1.0  # query flips
+    # stage 2 aligns rotated copies too: every copy above every clean slice, each matched to
+    # the very slice it was made from
+    two = det["per_slice"]["ours_two_stage"]
+    assert all(two[a]["auroc"]["worst"] == 1.0 for a in config.augmentations), two
+    assert all(det["right_source"]["ours_two_stage"][a] == 1.0 for a in ("none", "hflip"))
+    assert det["right_source"]["ours_two_stage"]["rotate-5"] >= 0.8
     # calibration is a share of the clean slices; datasets have every p and finite stats
     cal = det["calibration"]["ours"]
     assert 0.0 <= cal["mean"] <= 1.0 and len(cal["per_seed"]) == config.seeds
+    assert cal["mean"] == pytest.approx(np.mean(cal["per_seed"]))
     for rows in det["datasets"].values():
         assert [r["p"] for r in rows] == list(config.p_values)
         assert rows[0]["true_share"] == 0.0
@@ -265,7 +272,8 @@ def test_speed_pieces_and_tables(tmp_path):
     from MemorizationIndexLib.encoding.vit import EncoderConfig
 
     mm = speed.matmul_rate("cpu", n=256, repeats=2)
-    assert mm["flop_per_s"] > 0
+    assert 0 < mm["seconds"] < 5 and mm["n"] == 256
+    assert mm["flop_per_s"] == pytest.approx(2 * 256**3 / mm["seconds"])
     # analytic FLOPs: ViT-B/16 at 224 px is about 35 GFLOP per slice (12 blocks, 196 tokens)
     flops = speed.encoder_flops(EncoderConfig(), 224, (3, 7, 11))
     assert flops.executed == flops.useful and 34e9 < flops.executed < 36e9
@@ -274,10 +282,22 @@ def test_speed_pieces_and_tables(tmp_path):
     enc = speed.encoder_throughput(
         48, TINY_LAYERS, n_slices=4, batch_size=2, config=tiny_encoder_config()
     )
-    assert enc["slices_per_s"] > 0 and enc["achieved_flop_per_s"] > 0
+    tiny_flops = speed.encoder_flops(tiny_encoder_config(), 48, TINY_LAYERS)
+    assert enc["slices_per_s"] == pytest.approx(4 / enc["seconds"])
+    assert enc["achieved_flop_per_s"] == pytest.approx(enc["slices_per_s"] * tiny_flops.executed)
+    # a 48 px image is a 3 x 3 token grid: tokens and FLOPs far below ViT-B at 224 px
+    assert enc["grid"] == 3 and 0 < enc["gflop_per_slice_executed"] < 1.0
     scoring = speed.scoring_latency((2000, 4000), d=32, full_up_to=2000)
     assert scoring[0]["measured"] == "full" and scoring[1]["measured"].startswith("estimated")
     assert all(s["score_seconds"] > 0 for s in scoring)
+    full, estimated = scoring
+    assert full["searches"] == estimated["searches"] == full["views"] * 3
+    assert [s["bank_bytes"] for s in scoring] == [n * 32 * 4 * 3 for n in (2000, 4000)]
+    # the estimate: the searches of the bigger bank plus the non-search time of the measured one
+    overhead = full["score_seconds"] - full["searches"] * full["one_search_seconds"]
+    assert estimated["score_seconds"] == pytest.approx(
+        estimated["searches"] * estimated["one_search_seconds"] + max(0.0, overhead)
+    )
     results = {
         "matmul": mm,
         "encoder": [enc],

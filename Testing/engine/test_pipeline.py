@@ -59,6 +59,25 @@ def test_flipped_copy_is_matched_through_the_flip_view(small_cohort, result):
     assert all(r["match_slice"] == r["slice_index"] for r in rows)
 
 
+def true_rotation_deg(member) -> float:
+    """The in-plane angle of the rotate-10 copy in the engine's convention, worked out
+    without the engine: the cohort draws it (make_cohort: 4th copy, seed 903) and turns the
+    stored array with ndimage.rotate(axes=(1, 2)), whose positive angle turns +x towards -y
+    (the engine's turns +x towards +y). Reading reorients to LPS; each in-plane axis the
+    file stores reversed (a negative direction cosine) mirrors the turn once more."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    drawn = float(np.random.default_rng(903).uniform(-10.0, 10.0))
+    copy, source = sitk.ReadImage(member.path), sitk.ReadImage(member.source)
+    expected = ndimage.rotate(
+        sitk.GetArrayFromImage(source), drawn, axes=(1, 2), reshape=False, order=1
+    )
+    assert np.allclose(sitk.GetArrayFromImage(copy), expected, atol=1e-2)  # the drawn angle
+    direction = np.array(copy.GetDirection()).reshape(3, 3)
+    return -drawn * float(np.sign(direction[0, 0]) * np.sign(direction[1, 1]))
+
+
 def test_rotated_copy_is_aligned_by_verification(small_cohort, result):
     _, members = small_cohort
     truth = truth_of(members)
@@ -66,8 +85,13 @@ def test_rotated_copy_is_aligned_by_verification(small_cohort, result):
     rows = [r for r in result.slices if r["volume"] == rotated[0]["volume"] and r["flagged"]]
     angles = np.array([r["angle_deg"] for r in rows])
     assert rotated[0]["flagged"] and len(rows) >= 0.8 * rotated[0]["n_slices"]
-    # One angle for the whole volume (the augmentation rotates every slice alike).
-    assert np.ptp(np.median(angles) - angles) < 3.0 and abs(np.median(angles)) > 0.5
+    # One angle for the whole volume (the augmentation rotates every slice alike), with
+    # the sign and size of the true one.
+    assert np.ptp(np.median(angles) - angles) < 3.0
+    assert np.median(angles) == pytest.approx(
+        true_rotation_deg(truth[rotated[0]["volume"]]), abs=1.0
+    )
+    assert all(r["transform"] == "none" for r in rows)
     ncc = np.array([r["verified_ncc"] for r in rows])
     assert np.median(ncc) > 0.95 and np.mean(ncc > 0.9) >= 0.8
 
@@ -107,9 +131,17 @@ def test_bank_round_trip_gives_the_same_scores(small_cohort, small_bank, result)
     _, path = small_bank
     again_bank = FeatureBank.load(path)
     again = score(again_bank, root / "synthetic", again_bank.load_encoder(device="cpu"), stride=2)
-    assert np.allclose(
-        [r["similarity"] for r in again.slices], [r["similarity"] for r in result.slices]
-    )
+    assert [(r["volume"], r["slice_index"]) for r in again.slices] == [
+        (r["volume"], r["slice_index"]) for r in result.slices
+    ]
+    # Every stage and the calibration come back: stage 1, stage 2 (NCC and pose), the null.
+    for key in ("similarity", "p_value", "mi", "oni", "verified_ncc", "angle_deg"):
+        assert np.allclose([r[key] for r in again.slices], [r[key] for r in result.slices]), key
+    for key in ("shift_x_mm", "shift_y_mm", "scale_x", "scale_y"):
+        assert np.allclose([r[key] for r in again.slices], [r[key] for r in result.slices]), key
+    assert [r["transform"] for r in again.slices] == [r["transform"] for r in result.slices]
+    assert [r["match_slice"] for r in again.slices] == [r["match_slice"] for r in result.slices]
+    assert [v["flagged"] for v in again.volumes] == [v["flagged"] for v in result.volumes]
     manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["format_version"] == 1
     assert manifest["encoder"]["trained"] is False

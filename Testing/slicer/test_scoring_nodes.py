@@ -144,8 +144,14 @@ def test_scoring_again_updates_the_same_nodes(logic, scene_and_app, training_set
     assert chart.GetNumberOfPlotSeriesNodes() == 3  # two volumes and the threshold
     assert len(nodes_with_role(scene, "vtkMRMLPlotSeriesNode", "plotSeries")) == 3
     table_node = scene.GetFirstNodeByName(SLICE_TABLE_NAME)
-    assert table_node.GetNumberOfRows() == len(result.slices) == 2 * len(result.slices) // 2
-    assert set(column(table_node, "volume")) == {"synth-01", "synth-02"}
+    # One row per scored slice of each volume, nothing left over from the first scoring.
+    assert table_node.GetNumberOfRows() == len(result.slices)
+    names = column(table_node, "volume")
+    assert set(names) == {"synth-01", "synth-02"}
+    for volume in result.volumes:
+        assert names.count(volume["volume"]) == volume["n_slices"] > 0, volume["volume"]
+    table_slices = zip(names, (int(i) for i in column(table_node, "slice")), strict=True)
+    assert sorted(table_slices) == sorted((r["volume"], r["slice_index"]) for r in result.slices)
     copy2 = copied_row(result, 5, volume="synth-02")
     assert copy2["flagged"] and copy2["transform"] == "none" and copy2["match_slice"] == 7
 

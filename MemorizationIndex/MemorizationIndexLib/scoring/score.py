@@ -186,17 +186,18 @@ def _volume_result(
     bank, queries, stages, calibrated, vid: int, alpha: float, stage3: VolumeStageResult | None
 ) -> VolumeResult:
     _, p, mi, oni, flagged = calibrated
-    best = stages.stage1
     rows = np.flatnonzero(queries.volume_ids == vid)
+    # The volume's match, run and flip follow its slices' reported (verified) matches.
+    matched = stages.match_rows[rows]
     p_v = p[rows]
     vol_p = simes_p_value(p_v)
     weights = np.zeros(len(bank.volumes))
-    np.add.at(weights, bank.volume_ids[best.best_row[rows]], -np.log10(np.maximum(p_v, 1e-300)))
+    np.add.at(weights, bank.volume_ids[matched], -np.log10(np.maximum(p_v, 1e-300)))
     match_vid = int(np.argmax(weights))
-    to_match = bank.volume_ids[best.best_row[rows]] == match_vid
-    run = longest_ordered_run(flagged[rows] & to_match, best.best_row[rows], bank.volume_ids)
+    to_match = bank.volume_ids[matched] == match_vid
+    run = longest_ordered_run(flagged[rows] & to_match, matched, bank.volume_ids)
     fl = flagged[rows]
-    flips = [bank.settings.flips[int(c)] for c in stages.view[rows][fl]]
+    flips = [_pose(bank, queries, stages, int(i))["flip"] for i in rows[fl]]
     return VolumeResult(
         volume=queries.volumes[vid],
         series_uid=queries.series_uids[vid],
