@@ -158,6 +158,13 @@ def _build_bank_parser(sub) -> None:
         action="store_false",
         help="keep no training image in the bank (implies --no-verify; see Privacy above)",
     )
+    b.add_argument(
+        "--index",
+        choices=("auto", "exact", "compressed"),
+        default="auto",
+        help="stage-1 index: exact (all vectors in RAM), compressed (IVF-PQ codes in RAM, "
+        "exact re-rank from the vectors on disk) or auto (exact below 100,000 bank slices)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +247,7 @@ def _build_bank(args, job: Job) -> int:
         denoise_sigma=args.denoise_sigma,
         seed=args.seed,
         store_images=args.store_images,
+        index=args.index,
     )
     # The output is checked before the encoder is loaded (and again by build_bank).
     check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
@@ -250,7 +258,7 @@ def _build_bank(args, job: Job) -> int:
     print(f"Encoder: {bank.encoder_info['name']}")
     print(
         f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {args.out} "
-        f"({len(m.get('skipped', []))} inputs skipped)"
+        f"({len(m.get('skipped', []))} inputs skipped; {bank.index_kind} index)"
     )
     for s in m.get("skipped", []):
         print(f"  skipped {s['path']}: {s['reason']}")

@@ -13,6 +13,7 @@ from ..geometry import FLIPS
 from ..scans import ReadOptions
 from ..scans.slicing import MIN_FOREGROUND_SHARE
 from ..search.index import SliceIndex
+from ..search.vector_store import EXACT_MAX_SLICES, INDEX_KINDS
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class BankSettings:
     pixel_k: extra candidates per pixel descriptor. seed: folds and untrained weights.
     store_images: keep a thumbnail of every training slice in the bank (stage 2 compares
     them, the report shows them); False keeps no image of any patient, needs verify=False.
+    index: stage-1 index, "exact", "compressed" (IVF-PQ codes in RAM, exact re-rank from
+    the memory-mapped vectors) or "auto" (exact below EXACT_MAX_SLICES bank slices).
     """
 
     image_size: int = 224
@@ -49,6 +52,7 @@ class BankSettings:
     pixel_k: int = 8
     seed: int = 0
     store_images: bool = True
+    index: str = "auto"
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
 
@@ -89,6 +93,11 @@ class BankSettings:
             )
         if self.null_max_slices < 100:
             raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
+        if self.index not in INDEX_KINDS:
+            raise SettingsError(
+                f"--index must be exact, compressed or auto (exact below {EXACT_MAX_SLICES} "
+                f"bank slices, compressed above); got {self.index!r}."
+            )
         self.read_options()  # validates axis, stride, min_foreground
 
     def read_options(self) -> ReadOptions:
@@ -116,6 +125,7 @@ class BankSettings:
             top_k=self.top_k,
             verify_k=self.verify_k if self.verify else 0,
             pixel_k=self.pixel_k if self.verify else 0,
+            index=self.index,
         )
 
     def encoder(
