@@ -152,6 +152,11 @@ def _build_bank_parser(sub) -> None:
         "together in calibration (default: DICOM PatientID, BIDS sub-* folders, else one "
         "subject per volume)",
     )
+    _storage_options(b)
+
+
+def _storage_options(b: argparse.ArgumentParser) -> None:
+    """What the bank keeps and how it holds it."""
     b.add_argument(
         "--no-images",
         dest="store_images",
@@ -184,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="score on a local Ray cluster of this many worker processes (needs the [ray] extra)",
+    )
+    s.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="score on a running Ray cluster (see the README; needs the [ray] extra)",
+    )
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
     _out_option(d, "folder for the cohort, bank and report", default="demo-output")
@@ -284,15 +299,17 @@ def _build_bank(args, job: Job) -> int:
 def _score(args, job: Job) -> int:
     from .atomic import check_output
     from .bank.feature_bank import FeatureBank
+    from .distributed import score_in_pieces
     from .report.files import write_report
-    from .scoring.score import score
 
     inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
     check_output(args.out, "report", inputs)  # before the scoring, not after
     bank = FeatureBank.load(args.bank_dir)
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
-    result = score(bank, args.synth_dir, encoder, alpha=args.alpha, stride=args.stride, job=job)
+    # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).
+    result, resume = score_in_pieces(bank, encoder, args, job)
     write_report(result, bank, args.out, inputs)
+    resume.remove()
     job.progress.close()
     print_verdicts(result)
     print(f"Report: {Path(args.out) / 'report.html'}")
