@@ -17,6 +17,8 @@ from .job import VERIFY_STAGE, Job
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# score keeps each finished volume (scoring/resume.py): the same command continues.
+RESUME_NOTE = {"score": " Run the same command again to resume: finished volumes are kept."}
 
 
 class TqdmProgress:
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         progress.close()
-        print("memorization-index: interrupted; nothing was written.", file=sys.stderr)
+        note = RESUME_NOTE.get(args.command, "")
+        print(f"memorization-index: interrupted; no output was written.{note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         progress.close()
