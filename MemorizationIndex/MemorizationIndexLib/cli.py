@@ -307,6 +307,11 @@ def _score(args, job: Job) -> int:
 
     inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
     check_output(args.out, "report", inputs)  # before the scoring, not after
+    if args.workers is not None or args.ray_address:  # Ray there, options sound: before work
+        from .distributed import check_workers, require_ray
+
+        check_workers(args.workers, args.ray_address)
+        require_ray()
     bank = FeatureBank.load(args.bank_dir)
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
     # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).
