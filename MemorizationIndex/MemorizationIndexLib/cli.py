@@ -17,6 +17,8 @@ from .job import VERIFY_STAGE, Job
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# score keeps each finished volume (scoring/resume.py): the same command continues.
+RESUME_NOTE = {"score": " Run the same command again to resume: finished volumes are kept."}
 
 
 class TqdmProgress:
@@ -176,11 +178,23 @@ def _build_bank_parser(sub) -> None:
         "together in calibration (default: DICOM PatientID, BIDS sub-* folders, else one "
         "subject per volume)",
     )
+    _storage_options(b)
+
+
+def _storage_options(b: argparse.ArgumentParser) -> None:
+    """What the bank keeps and how it holds it."""
     b.add_argument(
         "--no-images",
         dest="store_images",
         action="store_false",
         help="keep no training image in the bank (implies --no-verify; see Privacy above)",
+    )
+    b.add_argument(
+        "--index",
+        choices=("auto", "exact", "compressed"),
+        default="auto",
+        help="stage-1 index: exact (all vectors in RAM), compressed (IVF-PQ codes in RAM, "
+        "exact re-rank from the vectors on disk) or auto (exact below 100,000 bank slices)",
     )
 
 
@@ -201,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="score on a local Ray cluster of this many worker processes (needs the [ray] extra)",
+    )
+    s.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="score on a running Ray cluster (see the README; needs the [ray] extra)",
+    )
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
     _out_option(d, "folder for the cohort, bank and report", default="demo-output")
@@ -238,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         progress.close()
-        print("memorization-index: interrupted; nothing was written.", file=sys.stderr)
+        note = RESUME_NOTE.get(args.command, "")
+        print(f"memorization-index: interrupted; no output was written.{note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         progress.close()
@@ -267,6 +292,7 @@ def _build_bank(args, job: Job) -> int:
         denoise_sigma=args.denoise_sigma,
         seed=args.seed,
         store_images=args.store_images,
+        index=args.index,
     )
     # The output is checked before the encoder is loaded (and again by build_bank).
     check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
@@ -277,7 +303,7 @@ def _build_bank(args, job: Job) -> int:
     print(f"Encoder: {bank.encoder_info['name']}")
     print(
         f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {args.out} "
-        f"({len(m.get('skipped', []))} inputs skipped)"
+        f"({len(m.get('skipped', []))} inputs skipped; {bank.index_kind} index)"
     )
     for s in m.get("skipped", []):
         print(f"  skipped {s['path']}: {s['reason']}")
@@ -309,15 +335,22 @@ def _build_bank(args, job: Job) -> int:
 def _score(args, job: Job) -> int:
     from .atomic import check_output
     from .bank.feature_bank import FeatureBank
+    from .distributed import score_in_pieces
     from .report.files import write_report
-    from .scoring.score import score
 
     inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
     check_output(args.out, "report", inputs)  # before the scoring, not after
+    if args.workers is not None or args.ray_address:  # Ray there, options sound: before work
+        from .distributed import check_workers, require_ray
+
+        check_workers(args.workers, args.ray_address)
+        require_ray()
     bank = FeatureBank.load(args.bank_dir)
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
-    result = score(bank, args.synth_dir, encoder, alpha=args.alpha, stride=args.stride, job=job)
+    # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).
+    result, resume = score_in_pieces(bank, encoder, args, job)
     write_report(result, bank, args.out, inputs)
+    resume.remove()
     job.progress.close()
     print_verdicts(result)
     print(f"Report: {Path(args.out) / 'report.html'}")

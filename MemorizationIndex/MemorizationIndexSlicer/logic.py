@@ -145,7 +145,7 @@ class MemorizationIndexSceneLogic:
         text = (
             f"{len(bank)} slices of {len(bank.volumes)} training volumes "
             f"({s.axis}, {s.image_size} px, layers {', '.join(map(str, s.layers))}); "
-            f"encoder: {bank.encoder_info.get('name')}"
+            f"encoder: {bank.encoder_info.get('name')}; {bank.index_kind} index"
         )
         if not bank.trained_encoder and "untrained" not in text.lower():
             text += ". UNTRAINED encoder: results are for testing the pipeline only."

@@ -43,11 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
     p.add_argument(
         "--only",
-        choices=("all", "detection", "hard", "speed", "gpu"),
+        choices=("all", "detection", "hard", "speed", "gpu", "scale"),
         default="all",
-        help="all = detection + hard cohort + speed (CPU); hard = the cohort of copies moved "
-        "in 3D only; gpu = the device run (bf16 throughput, GPU bank)",
+        help="all = detection + hard cohort + speed + reduced scale (CPU); hard = the cohort "
+        "of copies moved in 3D only; gpu = the device run (bf16 throughput, GPU bank); "
+        "scale = the engine on a compressed bank only",
     )
+    p.add_argument(
+        "--scale-slices",
+        type=int,
+        default=100_000,
+        help="bank slices of the scale section (reduced; the issue's full run is 1000000)",
+    )
+    p.add_argument("--scale", action="store_true", help="the full scale run: 1e6 bank slices")
     p.add_argument("--data", help="folder of volumes to use instead of the built-in cohort")
     p.add_argument("--checkpoint", help="MRI-CORE checkpoint; without it an untrained encoder")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -218,6 +226,13 @@ def main(argv=None) -> int:
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)
         sections.append(speed_markdown(speed_section, DESIGN_ANCHORS))
+    if args.only in ("all", "scale"):
+        from Testing.benchmarks import scale_engine
+
+        n = 1_000_000 if args.scale else args.scale_slices
+        print(f"Scale benchmark: compressed bank of {n:,} slices ...", flush=True)
+        results["scale"] = scale_engine.run(n, work=str(out))
+        sections.append(scale_engine.markdown(results["scale"]))
     if args.only == "gpu":
         results["gpu"] = run_gpu(args)
         sections.append(speed_markdown({"gpu": results["gpu"]}, DESIGN_ANCHORS))

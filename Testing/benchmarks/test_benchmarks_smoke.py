@@ -332,3 +332,15 @@ def test_command_line_writes_json_and_markdown(tmp_path, monkeypatch, tiny_detec
     assert "## Detection" in text and "## Machine and command" in text
     with pytest.raises(SystemExit):
         run_benchmarks.main(["--only", "detection", "--augmentations", "swirl"])
+
+
+def test_scale_engine_runs_the_engine_on_a_compressed_bank():
+    """scale_engine's plumbing at a tiny size: build, save, load in a fresh process, score."""
+    from . import scale_engine
+
+    result = scale_engine.run(3000, dim=32, volumes=1)
+    assert result["bank_slices"] == 3000
+    assert result["candidate_recall"] >= 0.99
+    assert 0 < result["ram_bytes_per_slice"] < result["disk_bytes_per_slice"]
+    assert [e["workers"] for e in result["extrapolation"]] == [1, 8, 64]
+    assert "Engine at scale" in scale_engine.markdown(result)

@@ -24,6 +24,7 @@ from ..encoding.features import FeatureSet
 from ..errors import BankError, SettingsError
 from ..job import Step
 from ..scans import SliceInfo
+from ..search.compressed import index_kind_of, load_layers, save_layers
 from ..search.index import QuerySlices, SliceIndex, StageResult
 from ..search.verification import VERIFIER_VERSION
 from ..search.volume_stage import GEOMETRY_FIELDS, CompactVolumeStore
@@ -80,6 +81,11 @@ class FeatureBank:
     def thumbnails(self) -> np.ndarray:
         """[N, S, S] uint8 thumbnails of the bank slices."""
         return self.index.thumbnails_
+
+    @property
+    def index_kind(self) -> str:
+        """The stage-1 index: "exact" or "compressed" (search/compressed.py)."""
+        return self.index.kind_
 
     @property
     def trained_encoder(self) -> bool:
@@ -142,7 +148,7 @@ class FeatureBank:
         with atomic_directory(path, "bank", inputs) as tmp:
             layers = self.settings.layers
             for layer, w, v in zip(layers, self.index.whiteners_, self.index.vectors_, strict=True):
-                np.save(tmp / f"features_layer{layer}.npy", v.astype(np.float32))
+                np.save(tmp / f"features_layer{layer}.npy", np.asarray(v, np.float32))
                 np.save(tmp / f"whitening_layer{layer}_mean.npy", w.mean)
                 np.save(tmp / f"whitening_layer{layer}_matrix.npy", w.matrix)
             np.save(tmp / "slice_volume_ids.npy", self.volume_ids.astype(np.int64))
@@ -182,6 +188,7 @@ class FeatureBank:
                     "combination": self.combination.summary(),
                     "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
                     "volume_stage": self._volume_stage_description(),
+                    "index": save_layers(tmp, layers, self.index.indexes_),
                 }
             )
             manifest["files"] = file_digests(tmp)
@@ -274,14 +281,15 @@ def no_images(n: int) -> np.ndarray:
 def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: int) -> dict:
     """Every array of a bank, each checked for type and shape against the others."""
     whiteners, vectors = [], []
+    compressed = index_kind_of(manifest) == "compressed"  # large: arrays memory-mapped
     for layer in settings.layers:
-        features = load_array(path, f"features_layer{layer}.npy", "f", (-1, None))
+        features = load_array(path, f"features_layer{layer}.npy", "f", (-1, None), compressed)
         dim = features.shape[1]
         mean = load_array(path, f"whitening_layer{layer}_mean.npy", "f", (dim,))
         matrix = load_array(path, f"whitening_layer{layer}_matrix.npy", "f", (dim, dim))
         shrinkage = manifest.get("shrinkage", {})
         whiteners.append(Whitener(mean, matrix, float(shrinkage.get(str(layer), 0.0))))
-        vectors.append(np.ascontiguousarray(features, np.float32))
+        vectors.append(features if compressed else np.ascontiguousarray(features, np.float32))
     size = settings.thumbnail_size
     per_slice = {
         "slice_volume_ids.npy": load_array(path, "slice_volume_ids.npy", "iu", (-1,)),
@@ -290,7 +298,9 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "thumbnail_mm.npy": load_array(path, "thumbnail_mm.npy", "f", (-1,)),
     }
     if settings.store_images:
-        per_slice["thumbnails.npy"] = load_array(path, "thumbnails.npy", "u", (-1, size, size))
+        per_slice["thumbnails.npy"] = load_array(
+            path, "thumbnails.npy", "u", (-1, size, size), compressed
+        )
     layer_files = {
         f"features_layer{k}.npy": v for k, v in zip(settings.layers, vectors, strict=True)
     }
@@ -312,7 +322,7 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
     return {
         "whiteners": whiteners,
-        "vectors": vectors,
+        "vectors": load_layers(path, manifest, settings.layers, vectors) if compressed else vectors,
         "volume_ids": ids,
         "slice_indices": per_slice["slice_indices.npy"],
         "positions": per_slice["slice_positions.npy"],
@@ -328,7 +338,7 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
 
 def _load_compact_volumes(path: Path, n_volumes: int) -> CompactVolumeStore:
     """Stage 3's compact training volumes, checked against each other and the manifest."""
-    voxels = load_array(path, "volume_voxels.npy", "u", (None,))
+    voxels = load_array(path, "volume_voxels.npy", "u", (None,), mmap=True)  # read per volume
     geometry = load_array(path, "volume_geometry.npy", "f", (n_volumes, GEOMETRY_FIELDS))
     try:
         return CompactVolumeStore(voxels, geometry)

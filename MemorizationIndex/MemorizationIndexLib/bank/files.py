@@ -87,15 +87,16 @@ def require_field(manifest: dict, key: str, kind: type | tuple[type, ...], where
     return value
 
 
-def load_array(folder: Path, name: str, kind: str, shape: tuple) -> np.ndarray:
-    """np.load of one bank array, checked: dtype kind ('f', 'i', 'u') and shape.
+def load_array(folder: Path, name: str, kind: str, shape: tuple, mmap: bool = False) -> np.ndarray:
+    """np.load of one bank array (memory-mapped read-only with mmap), checked: dtype kind
+    ('f', 'i', 'u') and shape.
 
     `shape` holds ints (exact), None (any) or negative ints (-1: "the slice count", checked
     by the caller across files via the returned array).
     """
     file = folder / name
     try:
-        array = np.load(file, allow_pickle=False)
+        array = np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile, EOFError, ...
         raise BankError(f"Bank file {file} is missing or damaged ({exc}).") from exc
     return check_array(array, file, kind, shape)

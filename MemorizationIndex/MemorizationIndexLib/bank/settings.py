@@ -13,6 +13,7 @@ from ..geometry import FLIPS
 from ..scans import ReadOptions
 from ..scans.slicing import MIN_FOREGROUND_SHARE
 from ..search.index import SliceIndex
+from ..search.vector_store import EXACT_MAX_SLICES, INDEX_KINDS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class BankSettings:
     volume_stage: stage 3, each synthetic volume registered in 3D onto its
     volume_candidates most matched training volumes, kept in the bank as compact copies on a
     volume_grid_mm grid (search/volume_stage.py); part of verification, so off without it.
+    index: stage-1 index, "exact", "compressed" (IVF-PQ codes in RAM, exact re-rank from
+    the memory-mapped vectors) or "auto" (exact below EXACT_MAX_SLICES bank slices).
     """
 
     image_size: int = 224
@@ -55,6 +58,7 @@ class BankSettings:
     volume_stage: bool = True
     volume_candidates: int = 2
     volume_grid_mm: float = 2.0
+    index: str = "auto"
 
     MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
 
@@ -105,6 +109,11 @@ class BankSettings:
             )
         if self.null_max_slices < 100:
             raise SettingsError(f"--null-max-slices must be >= 100 (got {self.null_max_slices}).")
+        if self.index not in INDEX_KINDS:
+            raise SettingsError(
+                f"--index must be exact, compressed or auto (exact below {EXACT_MAX_SLICES} "
+                f"bank slices, compressed above); got {self.index!r}."
+            )
         self.read_options()  # validates axis, stride, min_foreground
 
     def read_options(self) -> ReadOptions:
@@ -133,6 +142,7 @@ class BankSettings:
             top_k=self.top_k,
             verify_k=self.verify_k if self.verify else 0,
             pixel_k=self.pixel_k if self.verify else 0,
+            index=self.index,
         )
 
     def encoder(

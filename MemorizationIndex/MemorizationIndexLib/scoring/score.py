@@ -308,6 +308,27 @@ def dataset_summary(
     }
 
 
+def encode_queries(
+    bank: FeatureBank,
+    sources: list[ScanSource | ScanVolume],
+    encoder: Encoder,
+    options: ReadOptions,
+    job: Job | None = None,
+) -> FeatureSet:
+    """The synthetic slices as the bank's stages need them: its query flips and thumbnail
+    size, and each volume's compact copy when the bank has the volume stage."""
+    return extract_features(
+        sources,
+        encoder,
+        options,
+        flips=bank.settings.flips,
+        thumbnail_size=bank.settings.thumbnail_size,
+        job=job,
+        stage="Scoring synthetic slices",
+        volume_grid_mm=bank.settings.volume_grid_mm if bank.settings.volume_stage else None,
+    )
+
+
 def score(
     bank: FeatureBank,
     inputs: str | os.PathLike | list[ScanSource | ScanVolume],
@@ -335,16 +356,7 @@ def score(
         sources, skipped = find_scans_required(inputs)
     else:
         sources = list(inputs)
-    queries = extract_features(
-        sources,
-        encoder,
-        options,
-        flips=bank.settings.flips,
-        thumbnail_size=bank.settings.thumbnail_size,
-        job=job,
-        stage="Scoring synthetic slices",
-        volume_grid_mm=bank.settings.volume_grid_mm if bank.settings.volume_stage else None,
-    )
+    queries = encode_queries(bank, sources, encoder, options, job)
     if len(queries) == 0:
         raise InputError(
             "None of the synthetic scans could be used: "

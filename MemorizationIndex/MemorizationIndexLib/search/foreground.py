@@ -50,5 +50,7 @@ def stretch_between(spread_query: torch.Tensor, spread_candidates: torch.Tensor,
 
 
 def as_unit_images(thumbnails: np.ndarray) -> torch.Tensor:
-    """uint8 thumbnails -> float32 tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(thumbnails)).to(torch.float32) / 255.0
+    """uint8 thumbnails (a read-only memory map too) -> float32 tensor in [0, 1]."""
+    return (
+        torch.from_numpy(np.require(thumbnails, requirements=["C", "W"])).to(torch.float32) / 255.0
+    )

@@ -21,6 +21,7 @@ import numpy as np
 from ..encoding.features import FeatureSet
 from ..errors import SettingsError
 from ..job import Step
+from .compressed import is_compressed, layer_indexes
 from .fourier import PixelIndex
 from .neighbours import (
     Matches,
@@ -32,6 +33,7 @@ from .neighbours import (
     nearest_by_features,
     small_batch_blas,
 )
+from .vector_store import INDEX_KINDS
 from .verification import Alignments, Verifier
 from .whitening import Whitener
 
@@ -112,13 +114,25 @@ def merge_candidates(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return out
 
 
+def stacked_stage1(stage1, views: list[tuple[np.ndarray, list[np.ndarray]]]):
+    """[(rows, Matches)] of every view from one stage-1 call on all views' queries."""
+    offsets = np.cumsum([0] + [len(rows) for rows, _ in views])
+    stacked = [np.concatenate(layer) for layer in zip(*(f for _, f in views), strict=True)]
+    matches = stage1(stacked)
+    return [
+        (rows, Matches(**{k: v[a:b] for k, v in vars(matches).items()}))
+        for (rows, _), a, b in zip(views, offsets[:-1], offsets[1:], strict=True)
+    ]
+
+
 class SliceIndex:
     """Bank slices made searchable: per-layer whiteners and exact indexes, pixel
     descriptors, and the verifier.
 
     top_k: stage-1 candidates per layer. verify_k: stage-1 candidates aligned in stage 2
     (0 turns stage 2 off). pixel_k: extra stage-2 candidates per pixel descriptor.
-    chunk: queries per stage-1 batch.
+    chunk: queries per stage-1 batch. index: stage-1 index kind, exact, compressed or auto
+    (vector_store.choose_index_kind); index_options: CompressedVectorIndex parameters.
     """
 
     def __init__(
@@ -128,6 +142,8 @@ class SliceIndex:
         pixel_k: int = 0,
         verifier: Verifier | None = None,
         chunk: int = 1024,
+        index: str = "exact",
+        index_options: dict | None = None,
     ):
         for name, value, low in (
             ("top_k", top_k, 1),
@@ -142,6 +158,10 @@ class SliceIndex:
         self.pixel_k = int(pixel_k)
         self.verifier = verifier or Verifier()
         self.chunk = int(chunk)
+        if index not in INDEX_KINDS:
+            raise SettingsError(f"SliceIndex index must be one of {INDEX_KINDS} (got {index!r}).")
+        self.index = index
+        self.index_options = dict(index_options or {})
         self._pixel_index = None
 
     def fit(
@@ -151,6 +171,7 @@ class SliceIndex:
         and add them; volume_ids [N] (margins need them), thumbnails [N, S, S] uint8."""
         whiteners = [Whitener.fit(f) for f in features]
         vectors = [w.transform(f) for w, f in zip(whiteners, features, strict=True)]
+        vectors = layer_indexes(vectors, self.index, self.index_options) or vectors
         return self.set_fitted(whiteners, vectors, volume_ids, thumbnails)
 
     def set_fitted(
@@ -161,11 +182,17 @@ class SliceIndex:
         thumbnails: np.ndarray,
     ) -> SliceIndex:
         """Take state fitted before (a saved bank): whiteners and whitened unit vectors
-        [N, D] per layer, or exact faiss indexes already holding them."""
+        [N, D] per layer, or exact faiss indexes already holding them, or compressed
+        layers (compressed.LayerSearch, whose vectors stay on disk)."""
         self.whiteners_ = list(whiteners)
         # faiss keeps its own copy of the vectors; use it as ours so they sit in memory once.
-        self.indexes_ = [v if isinstance(v, faiss.Index) else exact_index(v) for v in vectors]
-        self.vectors_ = [index_vectors(index) for index in self.indexes_]
+        self.indexes_ = [
+            v if isinstance(v, faiss.Index) or is_compressed(v) else exact_index(v) for v in vectors
+        ]
+        self.vectors_ = [
+            index.vectors() if is_compressed(index) else index_vectors(index)
+            for index in self.indexes_
+        ]
         self.volume_ids_ = np.asarray(volume_ids)
         self.thumbnails_ = thumbnails
         self._pixel_index = None
@@ -173,6 +200,11 @@ class SliceIndex:
 
     def __len__(self) -> int:
         return len(self.volume_ids_)
+
+    @property
+    def kind_(self) -> str:
+        """The stage-1 index kind in use: "exact" or "compressed"."""
+        return "compressed" if is_compressed(self.indexes_[0]) else "exact"
 
     @property
     def pixel_index_(self) -> PixelIndex:
@@ -203,7 +235,11 @@ class SliceIndex:
         query (and may raise CancelledError there)."""
         n = len(queries)
         with small_batch_blas():
-            views = [(rows, self._stage1(feats)) for rows, feats in queries.views if len(rows) > 0]
+            views = [(rows, feats) for rows, feats in queries.views if len(rows) > 0]
+            if self.kind_ == "compressed":  # views stacked: one search per layer
+                views = stacked_stage1(self._stage1, views)
+            else:
+                views = [(rows, self._stage1(feats)) for rows, feats in views]
             stage1, view = best_over_views(views, n)
             alignment = None
             if self.verify_k > 0:

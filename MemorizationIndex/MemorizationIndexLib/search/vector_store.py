@@ -397,8 +397,9 @@ class CompressedVectorIndex(VectorIndex):
             self._scratch = None
 
     @classmethod
-    def _load_files(cls, folder: Path, params: dict) -> CompressedVectorIndex:
-        index = cls(
+    def from_params(cls, params: dict) -> CompressedVectorIndex:
+        """An empty index with the parameters `params()` recorded (KeyError if one lacks)."""
+        return cls(
             params["dim"],
             nlist=params["nlist"],
             pq_m=params["pq_m"],
@@ -408,6 +409,10 @@ class CompressedVectorIndex(VectorIndex):
             rotation=params["rotation"],
             disk_dtype=params["disk_dtype"],
         )
+
+    @classmethod
+    def _load_files(cls, folder: Path, params: dict) -> CompressedVectorIndex:
+        index = cls.from_params(params)
         path = folder / CODES_FILE
         if not path.is_file():
             raise BankError(f"The index file {path} is missing.")

@@ -210,12 +210,22 @@ class VolumeStageResult:
     seconds: float = 0.0  # their total time (seed, registration, resampling)
 
     def summary(self) -> dict:
-        n = max(len(self.matches), 1)
-        return {
-            "registrations": self.registrations,
-            "seconds": self.seconds,
-            "seconds_per_volume": self.seconds / n,
-        }
+        """What stage 3 cost (summary.json)."""
+        return _cost(len(self.matches), self.registrations, self.seconds)
+
+
+def _cost(volumes: int, registrations: int, seconds: float) -> dict:
+    return {
+        "volumes": volumes,
+        "registrations": registrations,
+        "seconds": seconds,
+        "seconds_per_volume": seconds / max(volumes, 1),
+    }
+
+
+def volume_stage_totals(summaries: list[dict]) -> dict:
+    """VolumeStageResult.summary() of runs over parts of a set, for the whole set."""
+    return _cost(*(sum(s[k] for s in summaries) for k in ("volumes", "registrations", "seconds")))
 
 
 def volume_stage(
