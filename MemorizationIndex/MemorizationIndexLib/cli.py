@@ -299,10 +299,16 @@ def _build_bank(args, job: Job) -> int:
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
     bank = build_bank(args.train_dir, args.out, settings, encoder, job, args.subjects)
     job.progress.close()
+    print_bank(bank, args.out)
+    return EXIT_OK
+
+
+def print_bank(bank, out) -> None:
+    """What build-bank made: size, skipped inputs, warnings, subjects, stage 3, the null."""
     m = bank.manifest
     print(f"Encoder: {bank.encoder_info['name']}")
     print(
-        f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {args.out} "
+        f"Bank: {len(bank)} slices from {len(bank.volumes)} volumes -> {out} "
         f"({len(m.get('skipped', []))} inputs skipped; {bank.index_kind} index)"
     )
     for s in m.get("skipped", []):
@@ -329,7 +335,6 @@ def _build_bank(args, job: Job) -> int:
         f"Null: {c['n_null_slices']} held-out slices, similarity median {c['null_median']:.4f}, "
         f"99th percentile {c['null_q99']:.4f}"
     )
-    return EXIT_OK
 
 
 def _score(args, job: Job) -> int:

@@ -42,9 +42,8 @@ def stage1_candidates(bank, queries):
 
 def test_compressed_finds_what_exact_finds(small_cohort, small_bank, compressed_bank):
     from MemorizationIndexLib.bank.feature_bank import FeatureBank
-    from MemorizationIndexLib.encoding.features import extract_features
     from MemorizationIndexLib.scans import find_scans_required
-    from MemorizationIndexLib.scoring.score import score_features
+    from MemorizationIndexLib.scoring.score import encode_queries, score_features
 
     root, _ = small_cohort
     _, exact_path = small_bank
@@ -57,7 +56,7 @@ def test_compressed_finds_what_exact_finds(small_cohort, small_bank, compressed_
     encoder = exact.load_encoder(device="cpu")
     sources, _ = find_scans_required(root / "synthetic")
     options = replace(exact.settings.read_options(), stride=2)
-    queries = extract_features(sources, encoder, options, exact.settings.flips)
+    queries = encode_queries(exact, sources, encoder, options)
     candidates, _ = stage1_candidates(compressed, queries)
     _, exact_best = stage1_candidates(exact, queries)
     recall = np.mean([b in c for b, c in zip(exact_best, candidates, strict=True)])

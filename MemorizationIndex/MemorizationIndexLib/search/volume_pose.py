@@ -430,7 +430,8 @@ def _registration_method(metric, sampling, seed, iterations, shrink):
     else:
         raise ValueError(f"metric must be 'mattes' or 'correlation' (got {metric!r})")
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
+    # SimpleITK reads a seed of 0 as "seed from the wall clock": shift ours off it.
+    reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0,
@@ -477,7 +478,16 @@ def register_volumes(
     reg.SetInitialTransform(transform, inPlace=True)
     counter = {"n": 0}
     reg.AddCommand(sitk.sitkIterationEvent, lambda: counter.__setitem__("n", counter["n"] + 1))
-    reg.Execute(f, m)
+    # One thread: ITK sums the metric over threads in no fixed order, and the optimiser's
+    # path then differs in the last digits from run to run (a rerun or a resumed run must
+    # give the same report). The metric makes its own threader from the global default,
+    # so that is what is set, and put back. The coarse grid keeps one thread fast.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        reg.Execute(f, m)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     pose = RigidPose.from_sitk(transform, centre)
     similarity = aligned_similarity(fixed, moving, pose)
     return Registration(
