@@ -30,11 +30,18 @@ TINY_LAYERS = (1, 2, 3)
 
 
 def tiny_bank_settings():
-    """Fast but complete: 32 px slices, three blocks of a small encoder, query flip hflip."""
+    """Fast but complete in 2D: 32 px slices, three blocks of a small encoder, query flip
+    hflip, stages 1 and 2. Stage 3 is off: these 12-slice toy volumes are 24 mm thin, too
+    thin to register in 3D; its overlay is tested with a pose of known truth
+    (test_volume_placement.py) and the stage itself in Testing/engine/test_volume_stage.py."""
     from MemorizationIndexLib.bank.settings import BankSettings
 
     return BankSettings(
-        image_size=32, layers=TINY_LAYERS, flips=("none", "hflip"), null_max_slices=100
+        image_size=32,
+        layers=TINY_LAYERS,
+        flips=("none", "hflip"),
+        null_max_slices=100,
+        volume_stage=False,
     )
 
 
