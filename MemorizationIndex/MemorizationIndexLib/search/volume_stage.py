@@ -207,25 +207,16 @@ class VolumeStageResult:
     scores: np.ndarray  # [n] best stage-3 NCC of each slice over its volume's candidates
     matches: dict[int, VolumeMatch]  # query volume id -> match of the best candidate
     registrations: int = 0  # volume pairs registered
-    seconds: float = 0.0  # their total time (seed, registration, resampling)
 
     def summary(self) -> dict:
-        """What stage 3 cost (summary.json)."""
-        return _cost(len(self.matches), self.registrations, self.seconds)
-
-
-def _cost(volumes: int, registrations: int, seconds: float) -> dict:
-    return {
-        "volumes": volumes,
-        "registrations": registrations,
-        "seconds": seconds,
-        "seconds_per_volume": seconds / max(volumes, 1),
-    }
+        """What stage 3 did (summary.json). No seconds: a report is the same on every run
+        (a resumed or distributed one is checked byte for byte); time it from outside."""
+        return {"volumes": len(self.matches), "registrations": self.registrations}
 
 
 def volume_stage_totals(summaries: list[dict]) -> dict:
     """VolumeStageResult.summary() of runs over parts of a set, for the whole set."""
-    return _cost(*(sum(s[k] for s in summaries) for k in ("volumes", "registrations", "seconds")))
+    return {k: sum(s[k] for s in summaries) for k in ("volumes", "registrations")}
 
 
 def volume_stage(
@@ -267,7 +258,6 @@ def volume_stage(
             )
             result.scores[rows] = np.maximum(result.scores[rows], match.slice_ncc)
             result.registrations += 1
-            result.seconds += match.seconds
             if best is None or match.similarity > best.similarity:
                 best = match
         if best is not None:
