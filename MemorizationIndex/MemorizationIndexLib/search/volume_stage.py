@@ -25,6 +25,7 @@ by its robust range (hot voxels excluded), resampled to `grid_mm` and stored as 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,7 +222,7 @@ def volume_stage_totals(summaries: list[dict]) -> dict:
 
 def volume_stage(
     query_volumes: dict[int, CompactVolume],
-    training_volume: callable,
+    training_volume: Callable[[int], CompactVolume],
     query_vids: np.ndarray,
     positions: np.ndarray,
     thumbnail_mm: np.ndarray,
