@@ -61,6 +61,7 @@ def cross_fitted_null(
     s1 = np.zeros(len(null_rows), np.float64)
     s2 = np.zeros(len(null_rows), np.float64) if settings.verify else None
     s3 = np.zeros(len(null_rows), np.float64) if settings.volume_stage else None
+    positions = train.positions() if settings.volume_stage else None  # once, for every fold
     matched = np.zeros(len(null_rows), np.int64)
     folds = volume_folds(len(train.volumes), settings.calibration_folds, settings.seed, groups)
     for held_out in folds:
@@ -84,13 +85,14 @@ def cross_fitted_null(
         matched[query_mask] = train.volume_ids[bank_rows]
         if s3 is not None:
             s3[query_mask] = held_out_volume_stage(
-                train, settings, null_rows[query_mask], bank_rows, result, job
+                train, positions, settings, null_rows[query_mask], bank_rows, result, job
             ).scores
     return NullSearch(s1, s2, s3, null_rows, matched)
 
 
 def held_out_volume_stage(
     train: FeatureSet,
+    positions: np.ndarray,
     settings: BankSettings,
     query_rows: np.ndarray,
     bank_rows: np.ndarray,
@@ -98,8 +100,8 @@ def held_out_volume_stage(
     job: Job,
 ) -> VolumeStageResult:
     """Stage 3 of held-out training slices (FeatureSet rows) whose stage-1/2 matches are
-    the FeatureSet rows `bank_rows`: the null's side of score.volume_stage_of."""
-    positions = train.positions()
+    the FeatureSet rows `bank_rows` (positions: train.positions()): the null's side of
+    score.volume_stage_of."""
     return volume_stage(
         query_volumes={int(v): train.compact_volumes[int(v)] for v in train.volume_ids[query_rows]},
         training_volume=lambda vid: train.compact_volumes[vid],

@@ -102,7 +102,7 @@ class CompactVolume:
         index = np.linalg.solve(self.direction * self.spacing, (p - self.origin).reshape(-1, 3).T)
         coords = index[::-1]  # (x, y, z) index -> array axes (z, y, x)
         values = ndimage.map_coordinates(
-            self.voxels.astype(np.float32), coords, order=1, mode="constant", cval=0.0
+            self.voxels, coords, output=np.float32, order=1, mode="constant", cval=0.0
         )
         return (values / 255.0).reshape(p.shape[:-1]).astype(np.float32)
 
@@ -167,9 +167,11 @@ def match_volume(
     training_volume: int,
     planes: np.ndarray,
     seed_pairs: tuple[np.ndarray, np.ndarray],
+    mine: np.ndarray | None = None,
 ) -> VolumeMatch:
     """Register `training` onto `query` (seeded by the slice matches' positions, pairs of
-    [m, 3] synthetic and training slice centres) and score every plane of `planes`."""
+    [m, 3] synthetic and training slice centres) and score every plane of `planes`; mine:
+    the query sampled on `planes`, when the caller has it already."""
     start = time.perf_counter()
     moving, fixed = training.image(), query.image()
     seed = seed_pose_from_slice_matches(seed_pairs[0], seed_pairs[1], physical_centre(moving))
@@ -189,7 +191,8 @@ def match_volume(
         pose, similarity = registration.pose, registration.similarity
     except RuntimeError:  # ITK gives up (too little overlap, a volume too thin): the seed
         pose, similarity = seed.pose, aligned_similarity(fixed, moving, seed.pose)
-    mine = query.sample(planes)
+    if mine is None:  # the query's own planes: the same for every candidate
+        mine = query.sample(planes)
     theirs = training.sample(pose.apply_inverse(planes))
     ncc = np.array([slice_ncc(a, b) for a, b in zip(mine, theirs, strict=True)], np.float64)
     return VolumeMatch(
@@ -247,15 +250,18 @@ def volume_stage(
         if check is not None:
             check()
         rows = np.flatnonzero(query_vids == vid)
+        query, planes = query_volumes[int(vid)], planes_all[rows]
+        mine = query.sample(planes)
         best = None
         for t in candidate_volumes(matched_vids[rows], stage_scores[rows], candidates):
             pairs = rows[matched_vids[rows] == t]
             match = match_volume(
-                query_volumes[int(vid)],
+                query,
                 training_volume(t),
                 t,
-                planes_all[rows],
+                planes,
                 (positions[pairs], matched_positions[pairs]),
+                mine,
             )
             result.scores[rows] = np.maximum(result.scores[rows], match.slice_ncc)
             result.registrations += 1
