@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
     p.add_argument(
         "--only",
-        choices=("all", "detection", "hard", "speed", "gpu", "scale"),
+        choices=("all", "detection", "hard", "speed", "verification", "gpu", "scale"),
         default="all",
-        help="all = detection + hard cohort + speed + reduced scale (CPU); hard = the cohort "
-        "of copies moved in 3D only; gpu = the device run (bf16 throughput, GPU bank); "
-        "scale = the engine on a compressed bank only",
+        help="all = detection + hard cohort + speed + stage-2 cost + reduced scale (CPU); "
+        "hard = the cohort of copies moved in 3D only; verification = stage 2's cost per "
+        "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
+        "bank); scale = the engine on a compressed bank only",
     )
     p.add_argument(
         "--scale-slices",
@@ -226,6 +227,12 @@ def main(argv=None) -> int:
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)
         sections.append(speed_markdown(speed_section, DESIGN_ANCHORS))
+    if args.only in ("all", "verification"):
+        from Testing.benchmarks import verification_cost
+
+        print("Stage-2 cost per slice against the previous verifier ...", flush=True)
+        results["verification"] = verification_cost.run()
+        sections.append(verification_cost.markdown(results["verification"]))
     if args.only in ("all", "scale"):
         from Testing.benchmarks import scale_engine
 

@@ -118,9 +118,9 @@ def test_only_unsettled_slices_pay_for_the_refinement(cohort, gated, monkeypatch
     sizes, refined = [], []
     pose_peaks, refine = verifier._pose_peaks, verifier._refine
 
-    def counting_peaks(query, candidates, stretch, size, angles):
+    def counting_peaks(query, candidates, stretch, size, angles, only=None):
         sizes.append(size)
-        return pose_peaks(query, candidates, stretch, size, angles)
+        return pose_peaks(query, candidates, stretch, size, angles, only)
 
     def counting_refine(queries, images, poses):
         refined.append(len(queries))
@@ -135,7 +135,7 @@ def test_only_unsettled_slices_pay_for_the_refinement(cohort, gated, monkeypatch
     )
     verifier.align(queries, train, candidates, settle_below=gate)
     s = VerifySettings()
-    assert sizes.count(s.check_size) == sizes.count(s.coarse_size) == len(queries)
+    assert sizes.count(s.rank_size) == sizes.count(s.coarse_size) == len(queries)
     assert refined == [int((~result.settled).sum()) * s.refine_poses]
 
 

@@ -59,12 +59,13 @@ ADAM_BETAS = (0.9, 0.999)
 @dataclass(frozen=True)
 class VerifySettings:
     angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 2.5))
-    # At 16 pixels a 2.5 degree step moves the edge of the head by a third of a pixel.
-    check_angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 5.0))
     stretch_bounds: tuple[float, float] = (0.8, 1.3)  # per-axis stretch the search allows
     max_shift: float = 0.25  # share of the thumbnail size
-    check_size: int = 16  # the first search ranks every candidate at this size
-    check_candidates: int = 8  # candidates it passes on to the coarse search
+    # The ranking: every candidate, every flip, these angles, at this size.
+    rank_angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 5.0))
+    rank_size: int = 24
+    rank_keep: int = 12  # candidates the ranking passes on to the coarse search
+    local_reach: float = 2.5  # the coarse search tries `angles` this near the ranking's best
     # The gate: the share of held-out training slices whose check value lies below it.
     settle_share: float = 0.6
     coarse_size: int = 32  # the exhaustive search runs at this size, the rest at full size
@@ -206,19 +207,31 @@ def _centred_spectra(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return spectra, energy
 
 
-def peak_correlations(queries: torch.Tensor, images: torch.Tensor, max_shift: int):
+def peak_correlations(queries: torch.Tensor, images: torch.Tensor, max_shift: int, pairs=None):
     """[r, S, S] query variants x [m, S, S] images -> [m, r]: the normalised peak of each
-    pair's cross-correlation over shifts of at most max_shift pixels."""
+    pair's cross-correlation over shifts of at most max_shift pixels. With pairs (query
+    variant indices, image indices), only those pairs: [len(pairs[0])]."""
     size = queries.shape[-1]
     spectrum_q, energy_q = _centred_spectra(queries)
     spectrum_c, energy_c = _centred_spectra(images)
-    corr = torch.fft.irfft2(spectrum_q[None] * torch.conj(spectrum_c)[:, None], s=(size, size))
-    # Shifts of at most max_shift either way: the four corners of the circular correlation.
-    low, high = slice(0, max_shift + 1), slice(size - max_shift, size)
-    peaks = torch.stack(
-        [corr[..., a, b].amax(dim=(-2, -1)) for a in (low, high) for b in (low, high)]
-    ).amax(dim=0)
-    return peaks / torch.sqrt((energy_c[:, None] * energy_q[None]).clamp_min(1e-16))
+    if pairs is None:
+        product = spectrum_q[None] * torch.conj(spectrum_c)[:, None]
+        energy = energy_c[:, None] * energy_q[None]
+    else:
+        at_q, at_c = pairs
+        product = spectrum_q[at_q] * torch.conj(spectrum_c[at_c])
+        energy = energy_c[at_c] * energy_q[at_q]
+    # irfft2 in two passes, keeping between them only the rows of shifts of at most
+    # max_shift either way (the first and last rows of the circular correlation); then the
+    # columns of such shifts likewise.
+    rows = torch.fft.ifft(product, dim=-2)
+    rows = torch.cat([rows[..., : max_shift + 1, :], rows[..., size - max_shift :, :]], dim=-2)
+    corr = torch.fft.irfft(rows, n=size, dim=-1)
+    peaks = torch.maximum(
+        corr[..., : max_shift + 1].amax(dim=(-2, -1)),
+        corr[..., size - max_shift :].amax(dim=(-2, -1)),
+    )
+    return peaks / torch.sqrt(energy.clamp_min(1e-16))
 
 
 @dataclass
@@ -267,9 +280,10 @@ class Verifier:
             self._grids[angles, size] = grid
         return self._grids[angles, size]
 
-    def _pose_peaks(self, query, candidates, stretch, size: int, angles) -> torch.Tensor:
+    def _pose_peaks(self, query, candidates, stretch, size: int, angles, only=None):
         """Per candidate, the peak of every pose (FFT cross-correlation at the best shift,
-        at `size` pixels, over `angles`): [k, flips, angles x 2 stretches].
+        at `size` pixels, over `angles`): [k, flips, angles x 2 stretches]. only: a boolean
+        [k, flips, angles] of the (candidate, flip, angle) to compute; -inf elsewhere.
 
         Turning the query by a pose's inverse and comparing it with the candidate scores
         the pose as turning the candidate would, up to the corners each loses, and costs
@@ -278,7 +292,7 @@ class Verifier:
         two differ by a shear of under 2 % in this range, which the refinement removes.
         """
         size = min(size, query.shape[-1])
-        k = len(candidates)
+        k, n_flips, n_angles = len(candidates), len(FLIP_NAMES), len(angles)
         if size != query.shape[-1]:
             query = F.interpolate(query[None, None], size=(size, size), mode="area")[0, 0]
             candidates = F.interpolate(candidates[:, None], size=(size, size), mode="area")[:, 0]
@@ -295,10 +309,20 @@ class Verifier:
             padding_mode="zeros",
             align_corners=False,
         )[:, 0]
-        peaks = peak_correlations(turned, both, int(self.settings.max_shift * size))
+        max_shift = int(self.settings.max_shift * size)
+        if only is None:
+            peaks = peak_correlations(turned, both, max_shift)
+        else:
+            which, flip, angle = torch.nonzero(only, as_tuple=True)
+            stretched_too = torch.cat([which, which + k])
+            variant = (flip * n_angles + angle).repeat(2)
+            peaks = torch.full((2 * k, n_flips * n_angles), -torch.inf)
+            peaks[stretched_too, variant] = peak_correlations(
+                turned, both, max_shift, (variant, stretched_too)
+            )
         # [stretch, k, flip, angle] -> [k, flip, angle, stretch] (the pose order above)
-        peaks = peaks.view(2, k, len(FLIP_NAMES), -1).permute(1, 2, 3, 0)
-        return peaks.reshape(k, len(FLIP_NAMES), -1)
+        peaks = peaks.view(2, k, n_flips, n_angles).permute(1, 2, 3, 0)
+        return peaks.reshape(k, n_flips, -1)
 
     def _poses(self, which, flip, pose, stretch, angles) -> _Poses:
         """_Poses from (candidate, flip, pose within the flip) triples, unshifted; a pose
@@ -401,10 +425,15 @@ class Verifier:
         """One query's cascade up to the refinement: (the check value, the best full-size
         pose and its score, and unless settled the refine_poses best poses and scores)."""
         s = self.settings
-        peaks = self._pose_peaks(q, c, stretch, s.check_size, s.check_angles)
-        best = peaks.flatten(1).max(dim=1).values
-        keep = torch.argsort(best, descending=True)[: s.check_candidates]
-        peaks = self._pose_peaks(q, c[keep], stretch[keep], s.coarse_size, s.angles)
+        ranked = self._pose_peaks(q, c, stretch, s.rank_size, s.rank_angles)
+        best = ranked.flatten(1).max(dim=1).values
+        keep = torch.argsort(best, descending=True)[: s.rank_keep]
+        # Per kept candidate and flip, the fine angles near the ranking's best angle.
+        n_flips = len(FLIP_NAMES)
+        per_angle = ranked[keep].view(len(keep), n_flips, len(s.rank_angles), 2).amax(dim=-1)
+        centre = torch.tensor(s.rank_angles)[per_angle.argmax(dim=-1)]  # [t, flips]
+        near = (torch.tensor(s.angles) - centre[..., None]).abs() <= s.local_reach + 1e-6
+        peaks = self._pose_peaks(q, c[keep], stretch[keep], s.coarse_size, s.angles, near)
         poses = self._shortlist(peaks, stretch[keep], s.full_candidates, s.angles)
         poses.which = keep[poses.which]
         scores = self._full_size(q, c, poses)
