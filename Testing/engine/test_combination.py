@@ -4,6 +4,10 @@ Every null here is an evenly spaced grid, so each p-value below the tail thresho
 (1 + #null >= s) / (n + 1), with n = 100 and the threshold at the 90th value.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +32,8 @@ def test_one_stage_is_the_feature_similarity_itself():
     s = np.array([0.25, 0.5], np.float32)
     out = Combination.fit(GRID, None).statistic_of(s, None)
     assert out.dtype == np.float64 and np.array_equal(out, [0.25, 0.5])
+    # stage 1 alone is the statistic even when later stages' scores are there
+    assert np.array_equal(Combination.fit(GRID).statistic_of(s, 2 * s), [0.25, 0.5])
     # a combination without verification ignores any nulls it holds
     assert Combination(verify=False, nulls=Combination.fit(GRID, GRID).nulls).n_stages == 1
 
@@ -67,6 +73,8 @@ def test_the_wrong_number_of_stage_scores_is_refused():
         Combination.fit(GRID, GRID).statistic_of(np.array([0.5]), None)
     with pytest.raises(ValueError, match="combines 3 stage scores; 2 were given"):
         three_stages().statistic_of(np.array([0.5]), np.array([0.5]))
+    with pytest.raises(ValueError, match="combines 2 stage scores; 3 were given"):
+        Combination.fit(GRID, GRID).statistic_of(np.array([0.5]), np.array([0.5]), np.array([1.0]))
 
 
 def test_statistic_reads_the_stage_scores_off_a_search_result():
@@ -116,3 +124,19 @@ def test_summary_names_the_statistic_and_each_stage():
     for i, (name, null) in enumerate(zip(names, comb.nulls, strict=True), start=1):
         assert summary[f"stage{i}"] == {"score": name, **null.summary()}
     assert Combination.fit(GRID, GRID).summary()["statistic"] == "-log10 min(p_stage1, p_stage2)"
+
+
+def test_combining_scores_loads_neither_the_search_nor_torch():
+    engine = Path(__file__).resolve().parents[2] / "MemorizationIndex"
+    code = (
+        "import sys, MemorizationIndexLib.calibration.combination; "
+        "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(engine)},
+    )
+    assert out.stdout.strip() == "[]"
