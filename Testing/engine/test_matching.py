@@ -153,14 +153,24 @@ def test_blas_threshold_is_set_inside_the_block_only():
 
 
 def test_distinct_topk_pads_with_the_last_distinct_row():
-    ranked = np.array([[4, 4, 2, 4], [5, 1, 1, 6]])
-    scores = np.array([[0.9, 0.9, 0.7, 0.9], [0.8, 0.6, 0.6, 0.1]])
-    volumes = np.array([0, 0, 1, 0, 0, 1, 2])
-    topk, sims, margin = _distinct_topk(ranked, scores, volumes, 3)
-    assert topk.tolist() == [[4, 2, 2], [5, 1, 6]]
-    assert sims == pytest.approx(np.array([[0.9, 0.7, 0.7], [0.8, 0.6, 0.1]]))
+    ranked = np.array([[4, 4, 2, 4, 7], [5, 1, 1, 6, 6]])
+    scores = np.array([[0.9, 0.9, 0.7, 0.9, 0.5], [0.8, 0.6, 0.6, 0.1, 0.1]])
+    volumes = np.array([0, 0, 1, 0, 0, 1, 2, 3])
+    topk, sims, margin = _distinct_topk(ranked, scores, volumes, 4)
+    assert topk.tolist() == [[4, 2, 7, 7], [5, 1, 6, 6]]
+    assert sims == pytest.approx(np.array([[0.9, 0.7, 0.5, 0.5], [0.8, 0.6, 0.1, 0.1]]))
     # margin: row 4 (volume 0) over row 2 (volume 1); row 5 (volume 1) over row 1 (volume 0)
     assert margin == pytest.approx([0.2, 0.2])
+    topk, _, _ = _distinct_topk(ranked, scores, volumes, 2)
+    assert topk.tolist() == [[4, 2], [5, 1]]
+
+
+def test_ten_candidates_by_default_and_layers_must_agree():
+    vectors, indexes, vids = make_bank()  # 60 training slices
+    m = nearest_by_features([v[:2] for v in vectors], vectors, indexes, vids)
+    assert m.topk.shape == (2, 10) and m.topk_similarity.shape == (2, 10)
+    with pytest.raises(ValueError):  # an index more than there are query layers
+        nearest_by_features([v[:2] for v in vectors[:2]], vectors[:2], indexes, vids)
 
 
 def test_best_over_views_keeps_the_first_view_on_ties_and_numbers_views():
@@ -191,6 +201,11 @@ def test_best_over_views_keeps_the_first_view_on_ties_and_numbers_views():
     assert base.best_row.tolist() == [10, 11, 12]  # the first view is not changed in place
     both = concat_matches([base, matches([0.1], [40])])
     assert both.best_row.tolist() == [10, 11, 12, 40] and both.topk.shape == (4, 1)
+    # the first view must cover exactly the n queries
+    with pytest.raises(AssertionError):
+        best_over_views([(np.arange(3), base)], 4)
+    with pytest.raises(AssertionError):
+        best_over_views([(np.arange(3), base)], 2)
 
 
 def test_best_distinct_orders_by_similarity_and_pads():
@@ -199,3 +214,5 @@ def test_best_distinct_orders_by_similarity_and_pads():
     assert best_distinct(sims, rows, 3).tolist() == [[3, 5, 7], [8, 8, 8]]
     assert best_distinct(sims, rows, 4).tolist() == [[3, 5, 7, 7], [8, 8, 8, 8]]
     assert best_distinct(sims, rows, 1).tolist() == [[3], [8]]
+    with pytest.raises(ValueError):  # one similarity array per query
+        best_distinct(sims[:1], rows, 2)
