@@ -171,6 +171,8 @@ def test_ten_candidates_by_default_and_layers_must_agree():
     assert m.topk.shape == (2, 10) and m.topk_similarity.shape == (2, 10)
     with pytest.raises(ValueError):  # an index more than there are query layers
         nearest_by_features([v[:2] for v in vectors[:2]], vectors[:2], indexes, vids)
+    with pytest.raises(ValueError):  # a bank layer more than there are query layers
+        nearest_by_features([v[:2] for v in vectors[:2]], vectors, indexes[:2], vids)
 
 
 def test_best_over_views_keeps_the_first_view_on_ties_and_numbers_views():
