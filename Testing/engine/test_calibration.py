@@ -224,3 +224,11 @@ def test_folds_are_seeded_by_zero_and_at_least_two():
     other = volume_folds(11, 5, seed=1)
     assert any(not np.array_equal(a, b) for a, b in zip(other, same, strict=True))
     assert len(volume_folds(11, 1)) == 2 and len(volume_folds(11, 0)) == 2
+
+
+@pytest.mark.parametrize("fitted", [(1.0, 0.0, 0.02), (0.0, 0.0, 0.02)])
+def test_a_gpd_fit_at_the_edges_of_the_usable_shapes_is_kept(monkeypatch, fitted):
+    # shape 1 (the largest kept) and shape 0 (an exponential with the fitted scale)
+    monkeypatch.setattr(stats.genpareto, "fit", lambda *args, **kwargs: fitted)
+    model = NullModel.fit(with_tail(gpd_quantiles(0.5, 10)))
+    assert (model.tail_shape, model.tail_scale) == (fitted[0], fitted[2])
