@@ -121,6 +121,14 @@ def test_each_query_gets_its_own_match():
     assert m.topk[1].tolist() == [3, 2]  # row 2 is layer 1's and layer 2's second
 
 
+def test_one_layer_is_its_own_cosine():
+    m = nearest_by_features([at(0.0)], [LAYER1], [exact_index(LAYER1)], VOLUMES)
+    assert m.best_row.tolist() == [0] and m.agreement.tolist() == [1.0]
+    assert m.similarity == pytest.approx([np.cos(0.1)], abs=1e-6)
+    assert m.topk.tolist() == [[0, 1, 2, 3]]  # by angle: 0.1, 0.5, 0.6, 1.2
+    assert m.margin == pytest.approx([np.cos(0.1) - np.cos(0.6)], abs=1e-6)
+
+
 def test_margin_without_another_volume_is_the_similarity_itself():
     m = search([at(0.0), at(0.0)], volumes=np.zeros(4, int))
     assert m.margin == pytest.approx(m.similarity, abs=1e-6)
@@ -203,6 +211,7 @@ def test_best_over_views_keeps_the_first_view_on_ties_and_numbers_views():
     assert base.best_row.tolist() == [10, 11, 12]  # the first view is not changed in place
     both = concat_matches([base, matches([0.1], [40])])
     assert both.best_row.tolist() == [10, 11, 12, 40] and both.topk.shape == (4, 1)
+    assert concat_matches([base]).best_row.tolist() == [10, 11, 12]
     # the first view must cover exactly the n queries
     with pytest.raises(AssertionError):
         best_over_views([(np.arange(3), base)], 4)
