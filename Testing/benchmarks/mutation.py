@@ -62,10 +62,14 @@ MODULES: dict[str, Target] = {
     "neighbours": Target(
         f"{LIB}/search/neighbours.py", ("Testing/engine/test_matching.py",), False
     ),
-    "whitening": Target(f"{LIB}/search/whitening.py", ("Testing/engine/test_whitening.py",)),
+    "whitening": Target(f"{LIB}/search/whitening.py", ("Testing/engine/test_whitening.py",), False),
     "slicing": Target(
         f"{LIB}/scans/slicing.py",
-        ("Testing/engine/test_scans.py", "Testing/engine/test_dicom_geometry.py"),
+        (
+            "Testing/engine/test_slicing.py",
+            "Testing/engine/test_scans.py",
+            "Testing/engine/test_dicom_geometry.py",
+        ),
         False,
     ),
 }
