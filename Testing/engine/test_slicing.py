@@ -7,6 +7,7 @@ written down without running the code's own formulas.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -76,6 +77,8 @@ def test_invalid_read_options(kwargs, message):
 
 def test_default_read_options():
     assert ReadOptions() == ReadOptions(axis="axial", stride=1, min_foreground=0.05)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # shared as a default argument
+        ReadOptions().stride = 2
 
 
 # ---- slices, their display orientation, centres and spacing -------------------------------
@@ -171,6 +174,18 @@ def test_foreground_is_above_a_tenth_of_the_way_from_p1_to_p99():
     assert vol.slice_indices.tolist() == [0, 2, 3, 4, 5]
 
 
+def test_the_threshold_is_taken_from_the_1st_and_99th_percentiles():
+    # voxels 0..1023, plane k holding 256 k .. 256 k + 255 (in scrambled order).
+    # p1 = 0.01 * 1023 = 10.23, p99 = 0.99 * 1023 = 1012.77 (linear interpolation), so the
+    # threshold is 10.23 + 0.1 * 1002.54 = 110.484: plane 0 has 145 voxels above it (111..255)
+    values = np.arange(1024.0)
+    values = np.concatenate(
+        [np.random.default_rng(k).permutation(values[256 * k : 256 * (k + 1)]) for k in range(4)]
+    ).reshape(4, 16, 16)
+    assert read(values, min_foreground=145 / 256).slice_indices.tolist() == [0, 1, 2, 3]
+    assert read(values, min_foreground=146 / 256).slice_indices.tolist() == [1, 2, 3]
+
+
 def test_constant_slices_are_never_foreground():
     values = blobs([20, 20, 20])
     values[1] = 100.0  # all foreground but flat (a filled frame)
@@ -236,6 +251,12 @@ def test_integer_voxels_are_read_as_float32():
     vol = read(values, min_foreground=0)
     assert vol.slices.dtype == np.float32 and np.array_equal(vol.slices, values)
     assert vol.image.GetPixelID() == sitk.sitkFloat32
+
+
+def test_double_voxels_are_read_as_float32():
+    vol = read(coded(3, 16, 16).astype(np.float64), min_foreground=0)
+    assert vol.image.GetPixelID() == sitk.sitkFloat32
+    assert np.array_equal(vol.slices, coded(3, 16, 16))
 
 
 def test_vector_voxels_are_averaged():
