@@ -66,6 +66,7 @@ def test_valid_read_options(kwargs):
         ({"stride": 2.0}, "stride must be a whole number (got 2.0)"),
         ({"min_foreground": 1}, "min_foreground must be a fraction in [0, 1) (got 1)"),
         ({"min_foreground": -0.01}, "min_foreground must be a fraction"),
+        ({"min_foreground": 1.5}, "min_foreground must be a fraction"),
         ({"min_foreground": True}, "min_foreground must be a fraction"),
         ({"min_foreground": "0.1"}, "min_foreground must be a fraction"),
     ],
@@ -270,6 +271,33 @@ def test_vector_voxels_are_averaged():
     assert vol.warnings == [
         "rgb has 3 values per voxel (e.g. RGB or a vector); their mean is used."
     ]
+
+
+def test_two_component_voxels_are_averaged_too():
+    values = coded(3, 16, 16)
+    img = sitk.GetImageFromArray(np.stack([values, 3 * values], axis=-1), isVector=True)
+    vol = scan_from_image(img, "pair", ZERO)
+    assert np.allclose(vol.slices, 2 * values)
+    assert vol.warnings[0].startswith("pair has 2 values per voxel")
+
+
+def test_itk_warnings_are_off_while_reading_and_restored(monkeypatch):
+    seen = []
+    orient = sitk.DICOMOrient
+
+    def spy(image, orientation):
+        seen.append(sitk.ProcessObject.GetGlobalWarningDisplay())
+        return orient(image, orientation)
+
+    monkeypatch.setattr(sitk, "DICOMOrient", spy)
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(True)
+    try:
+        read(coded(3, 16, 16), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1), min_foreground=0)
+        assert seen == [False]
+        assert sitk.ProcessObject.GetGlobalWarningDisplay() is True
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
 def test_complex_voxels_are_refused():
