@@ -218,30 +218,30 @@ def test_no_foreground_and_constant_volumes_are_input_errors():
 
 
 def spread(low, high, shape=(2, 16, 16)):
-    """512 voxels: the 0.5th percentile is 0 and the 99.5th is 100 (flat runs around both
-    ranks), so the inlier range is 0 - 10 * 100 to 100 + 10 * 100; `low` and `high` are the
+    """512 voxels: the 0.5th percentile is 50 and the 99.5th is 150 (flat runs around both
+    ranks), so the inlier range is 50 - 10 * 100 to 150 + 10 * 100; `low` and `high` are the
     smallest and largest voxel."""
-    values = np.r_[low, np.zeros(5), np.linspace(1, 99, 499), np.full(6, 100.0), high]
+    values = np.r_[low, np.full(5, 50.0), np.linspace(51, 149, 499), np.full(6, 150.0), high]
     order = np.random.default_rng(0).permutation(values.size)
     return values[order].reshape(shape).astype(np.float64)
 
 
 def test_voxels_on_the_inlier_bounds_are_inliers():
-    vol = read(spread(-1000.0, 1100.0))
-    assert vol.intensity_bounds == (-1000.0, 1100.0)
+    vol = read(spread(-950.0, 1150.0))
+    assert vol.intensity_bounds == (-950.0, 1150.0)
     assert vol.warnings == []
 
 
 def test_voxels_beyond_the_bounds_are_counted_and_named():
-    vol = read(spread(-1000.5, 1100.5))
-    assert vol.intensity_bounds == (-1000.0, 1100.0)
+    vol = read(spread(-950.5, 1150.5))
+    assert vol.intensity_bounds == (-950.0, 1150.0)
     assert vol.warnings == [
-        "mem has 2 voxel(s) far outside its intensity range (0 to 100 between the 0.5th and "
+        "mem has 2 voxel(s) far outside its intensity range (50 to 150 between the 0.5th and "
         "99.5th percentiles); they are left out of the intensity scaling (hot voxels would "
         "otherwise hide the anatomy)."
     ]
-    assert "has 1 voxel(s)" in read(spread(-1000.0, 5000.0)).warnings[0]
-    assert "has 1 voxel(s)" in read(spread(-5000.0, 1100.0)).warnings[0]
+    assert "has 1 voxel(s)" in read(spread(-950.0, 5000.0)).warnings[0]
+    assert "has 1 voxel(s)" in read(spread(-5000.0, 1150.0)).warnings[0]
 
 
 # ---- voxel types, dimensions, non-finite values ---------------------------------------------
