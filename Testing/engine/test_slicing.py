@@ -281,7 +281,7 @@ def test_two_component_voxels_are_averaged_too():
     assert vol.warnings[0].startswith("pair has 2 values per voxel")
 
 
-def test_itk_warnings_are_off_while_reading_and_restored(monkeypatch):
+def test_only_non_lps_images_are_reoriented_with_itk_warnings_off(monkeypatch):
     seen = []
     orient = sitk.DICOMOrient
 
@@ -293,6 +293,8 @@ def test_itk_warnings_are_off_while_reading_and_restored(monkeypatch):
     before = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(True)
     try:
+        read(coded(3, 16, 16), min_foreground=0)  # already LPS: not reoriented (no copy)
+        assert seen == []
         read(coded(3, 16, 16), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1), min_foreground=0)
         assert seen == [False]
         assert sitk.ProcessObject.GetGlobalWarningDisplay() is True
