@@ -120,6 +120,7 @@ def test_twenty_samples_are_enough():
         NullModel.fit(np.arange(19.0))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # no excess over the threshold: nan scale
 def test_a_constant_null_has_a_floored_std():
     model = NullModel.fit(np.full(30, 0.5))
     assert model.std == 1e-6 and model.mean == 0.5
