@@ -3,12 +3,10 @@
 Synthetic volumes are independent given the bank (MI calibrates against the bank's null,
 never against the other synthetic scans), so `score` encodes and scores one volume at a
 time: each volume's rows then depend only on the bank and that volume, whatever else is
-scored with it, in one process or on a Ray worker. (Scoring every slice in one call, as
-score.score does, is not the same to the last digits: stage 2 refines the poses of all the
-slices it is given in one joint L-BFGS-B run, whose iterations depend on the whole batch;
-measured on the test cohort, verified NCCs moved by about 1e-4.) Each finished volume's
-results are kept in a resume folder beside the output, `.NAME.resume-KEY`, where
-KEY hashes everything the results depend on: the bank (its manifest and file digests), the
+scored with it, in one process or on a Ray worker (stage 2 refines each slice's pose on
+its own, so its result does not depend on the batch either). Each finished volume's
+results are kept in a resume folder beside the output, `.NAME.resume-KEY`, where KEY
+hashes everything the results depend on: the bank (its manifest and file digests), the
 encoder, the synthetic inputs (paths, sizes, times), alpha, stride, device and batch size.
 
 - A piece is written into a temporary folder and renamed into place, so a piece under its
