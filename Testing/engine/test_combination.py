@@ -80,9 +80,9 @@ def test_the_wrong_number_of_stage_scores_is_refused():
 def test_statistic_reads_the_stage_scores_off_a_search_result():
     s1, s2, s3 = np.array([0.5, 0.8]), np.array([0.2, 0.1]), np.array([1.85, 1.0])
     stage1 = SimpleNamespace(similarity=s1)
-    aligned = SimpleNamespace(stage1=stage1, alignment=SimpleNamespace(ncc=s2), volume_ncc=None)
+    aligned = SimpleNamespace(stage1=stage1, alignment=SimpleNamespace(score=s2), volume_ncc=None)
     unaligned = SimpleNamespace(stage1=stage1, alignment=None, volume_ncc=None)
-    volume = SimpleNamespace(stage1=stage1, alignment=SimpleNamespace(ncc=s2), volume_ncc=s3)
+    volume = SimpleNamespace(stage1=stage1, alignment=SimpleNamespace(score=s2), volume_ncc=s3)
     assert np.array_equal(Combination.fit(GRID).statistic(unaligned), s1)
     two = Combination.fit(GRID, 2 * GRID)
     assert np.array_equal(two.statistic(aligned), two.statistic_of(s1, s2))
@@ -97,17 +97,29 @@ def test_arrays_are_named_by_stage_and_round_trip():
     assert Combination(verify=False, nulls=Combination.fit(GRID, GRID).nulls).to_arrays() == {}
     comb = three_stages()
     arrays = comb.to_arrays()
-    assert set(arrays) == {f"stage{i}_{f}" for i in (1, 2, 3) for f in FIELDS}
+    stages = {f"stage{i}_{f}" for i in (1, 2, 3) for f in FIELDS}
+    assert set(arrays) == stages | {"stage2_gate"}
+    assert np.isnan(arrays["stage2_gate"])  # no gate
     assert np.array_equal(arrays["stage2_samples"], 2 * GRID)
     assert not Combination.from_arrays(False, arrays, n_stages=3).verify
     again = Combination.from_arrays(True, arrays, n_stages=3)
-    assert again.verify and again.n_stages == 3
+    assert again.verify and again.n_stages == 3 and again.gate is None
     for before, after in zip(comb.nulls, again.nulls, strict=True):
         assert np.array_equal(before.samples, after.samples)
         assert before.summary() == after.summary()
     # two stages by default: a stage-1-2 bank's arrays
     default = Combination.from_arrays(True, Combination.fit(GRID, 2 * GRID).to_arrays())
     assert default.n_stages == 2 and default.nulls[1].samples[-1] == 1.98
+
+
+def test_the_stage_2_gate_is_kept_with_two_or_more_stages():
+    assert Combination.fit(GRID, gate=0.35).gate is None  # stage 1 alone has no stage 2
+    gated = Combination.fit(GRID, 2 * GRID, gate=0.35)
+    assert gated.gate == 0.35
+    arrays = gated.to_arrays()
+    assert arrays["stage2_gate"] == 0.35
+    assert Combination.from_arrays(True, arrays).gate == 0.35
+    assert gated.summary()["stage2_gate"] == 0.35
 
 
 def test_summary_names_the_statistic_and_each_stage():
@@ -119,7 +131,8 @@ def test_summary_names_the_statistic_and_each_stage():
     summary = comb.summary()
     assert summary["verify"] is True
     assert summary["statistic"] == "-log10 min(p_stage1, p_stage2, p_stage3)"
-    assert set(summary) == {"verify", "statistic", "stage1", "stage2", "stage3"}
+    assert set(summary) == {"verify", "statistic", "stage2_gate", "stage1", "stage2", "stage3"}
+    assert summary["stage2_gate"] is None
     names = ["stage-1 feature similarity", "stage-2 aligned NCC", "stage-3 volume NCC"]
     for i, (name, null) in enumerate(zip(names, comb.nulls, strict=True), start=1):
         assert summary[f"stage{i}"] == {"score": name, **null.summary()}
