@@ -10,11 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from MemorizationIndexLib.geometry import (
     FLIP_NAMES,
     FLIPS,
     flip_axes,
     pose_matrices,
+    sampling_grid,
     sampling_theta,
     warp,
 )
@@ -158,3 +160,13 @@ def test_warp_takes_a_batch():
     assert out.shape == (2, S, S)
     assert np.allclose(out[0], imgs[0][:, ::-1], atol=1e-6)
     assert np.allclose(out[1], np.rot90(imgs[1], -1), atol=1e-6)
+
+
+def test_sampling_grid_is_torchs_affine_grid():
+    thetas = torch.tensor(
+        np.random.default_rng(6).normal(size=(3, 2, 3)), dtype=torch.float64
+    )  # any matrices, on a grid that is not square
+    grid = sampling_grid(thetas, 5, 7)
+    reference = F.affine_grid(thetas, (3, 1, 5, 7), align_corners=False)
+    assert grid.shape == (3, 5, 7, 2)
+    assert torch.allclose(grid, reference, atol=1e-12)
