@@ -57,7 +57,12 @@ MODULES: dict[str, Target] = {
     "geometry": Target(f"{LIB}/geometry.py", ("Testing/engine/test_geometry.py",), False),
     "null": Target(f"{LIB}/calibration/null.py", ("Testing/engine/test_calibration.py",), False),
     "combination": Target(
-        f"{LIB}/calibration/combination.py", ("Testing/engine/test_combination.py",), False
+        f"{LIB}/calibration/combination.py",
+        (
+            "Testing/engine/test_combination.py",
+            "Testing/engine/test_architecture.py::test_combining_scores_loads_neither_the_search_nor_torch",
+        ),
+        False,
     ),
     "neighbours": Target(
         f"{LIB}/search/neighbours.py", ("Testing/engine/test_matching.py",), False

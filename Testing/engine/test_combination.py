@@ -4,10 +4,6 @@ Every null here is an evenly spaced grid, so each p-value below the tail thresho
 (1 + #null >= s) / (n + 1), with n = 100 and the threshold at the 90th value.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -137,19 +133,3 @@ def test_summary_names_the_statistic_and_each_stage():
     for i, (name, null) in enumerate(zip(names, comb.nulls, strict=True), start=1):
         assert summary[f"stage{i}"] == {"score": name, **null.summary()}
     assert Combination.fit(GRID, GRID).summary()["statistic"] == "-log10 min(p_stage1, p_stage2)"
-
-
-def test_combining_scores_loads_neither_the_search_nor_torch():
-    engine = Path(__file__).resolve().parents[2] / "MemorizationIndex"
-    code = (
-        "import sys, MemorizationIndexLib.calibration.combination; "
-        "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(engine)},
-    )
-    assert out.stdout.strip() == "[]"
