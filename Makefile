@@ -41,13 +41,17 @@ demo: venv
 bench: venv-test
 	$(PY) Testing/benchmarks/run_benchmarks.py --out bench-output
 
-# Mutation testing (cosmic-ray) of verification, calibration, matching, whitening and the scan
-# geometry against their fast tests: killed share per module and every survivor. Not part of
-# `make test`; hours on a 2-core machine. MODULES=whitening,null picks modules.
+# Mutation testing (cosmic-ray) of verification, calibration (null, combination), matching
+# (neighbours), whitening and the scan geometry (geometry, slicing) against their fast tests:
+# killed share per module and every survivor. Not part of `make test`; 1-5 s a mutant, 2-30
+# minutes a module on the shared 2-core machine (Testing/benchmarks/RESULTS.md).
+# MODULES=whitening,null picks modules; MUTATION_ARGS=--rerun-survivors runs only the last
+# session's survivors again (after new tests), MUTATION_ARGS="--lines 1-120" a scoped run.
 MODULES ?= verification,geometry,null,combination,neighbours,whitening,slicing
+MUTATION_ARGS ?=
 mutation: venv-test
 	$(PY) -m pip install --quiet -e ".[test,demo,mutation]"
-	QT_QPA_PLATFORM=offscreen $(PY) Testing/benchmarks/mutation.py --modules $(MODULES) --out mutation-output
+	QT_QPA_PLATFORM=offscreen $(PY) Testing/benchmarks/mutation.py --modules $(MODULES) --out mutation-output $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output bench-output mutation-output .pytest_cache .ruff_cache

@@ -8,11 +8,14 @@ standardised by its own null.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..search.index import StageResult
 from .null import NullModel
+
+if TYPE_CHECKING:  # the search (faiss, torch) is not needed to combine its scores
+    from ..search.index import StageResult
 
 MIN_P = 1e-300  # p-values below this are "beyond anything the null produced"
 STAGE_NAMES = ("stage-1 feature similarity", "stage-2 aligned NCC", "stage-3 volume NCC")
