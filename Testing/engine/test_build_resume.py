@@ -1,11 +1,12 @@
 """`build-bank --out DIR` killed during encoding and run again encodes only the volumes it had
 not finished and writes the bank an uninterrupted build writes (the same files, byte for
-byte, but the manifest's creation time)."""
+byte, but the manifest's creation time); on a local 2-worker Ray cluster too."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,3 +240,61 @@ def test_pieces_keep_every_field_of_a_feature_set(train, tmp_path):
         one_pass.series_names,
         one_pass.volume_warnings,
     )
+
+
+def test_ray_two_workers_build_the_same_bank_and_resume(train, reference, tmp_path):
+    pytest.importorskip("ray.data", reason="Ray Data is not installed (memorization-index[ray])")
+    from MemorizationIndexLib import pieces
+    from MemorizationIndexLib.distributed import RayCluster, encoding_runner
+
+    settings, encoder = settings_and_encoder()
+    out = tmp_path / "bank"
+    cluster = RayCluster(workers=2)
+    given: list[list[int]] = []
+
+    def runner(sources, options, plan):
+        run = encoding_runner(cluster, encoder, (settings, None, encoder.info.config, "cpu", 32))(
+            sources, options, plan
+        )
+
+        def counted(pending):
+            given.append(list(pending))
+            return run(pending)
+
+        return counted
+
+    class Stop(Exception):
+        pass
+
+    def stop(where, done):
+        if done == 2:
+            raise Stop
+
+    ray_build = dict(runner=runner, run_settings={"device": "ray cpu"})
+    original = pieces._fault_point
+    try:
+        pieces._fault_point = stop
+        with pytest.raises(Stop):
+            build(train, out, **ray_build)
+        pieces._fault_point = original
+        assert not out.exists() and len(resume_folders(out)) == 1
+        build(train, out, **ray_build)
+    finally:
+        pieces._fault_point = original
+        cluster.close()
+    assert [len(p) for p in given] == [N_TRAIN, N_TRAIN - 2]  # the rerun: only the rest
+    same_bank(reference, out)
+    assert resume_folders(out) == []
+
+
+def test_build_bank_ray_options_say_how_to_install_ray(train, tmp_path, monkeypatch, capsys):
+    from MemorizationIndexLib.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    out = tmp_path / "bank"
+    code = main(["build-bank", str(train), "--out", str(out), "--workers", "2", "--quiet"])
+    assert code == 2
+    assert "pip install memorization-index[ray]" in capsys.readouterr().err
+    code = main(["build-bank", str(train), "--out", str(out), "--workers", "0", "--quiet"])
+    assert code == 2 and "--workers must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
