@@ -7,12 +7,14 @@ one (`ray start --head` on Slurm or Kubernetes, see the README).
 build-bank: the training volumes are encoded as Ray Data batch inference, `map_batches`
 over the volumes still to do with an actor pool: each actor holds one encoder (built from
 the bank settings and the checkpoint, checked against the driver's by its SHA-256) and a
-GPU when the cluster has GPUs, reads and encodes one volume per call and returns its piece
-(encoding/features.py) packed as bytes. The driver saves each piece in the resume folder as
-it arrives and merges them in input order, exactly as the single-process build does, so
-the bank is the same and a killed distributed build resumes too. The calibration null, the
-index and the bank's files are made on the driver. Ray Data restarts an actor that dies
-and retries its volume.
+GPU when the cluster has GPUs, encodes one volume per call and returns its piece
+(encoding/features.py) packed as bytes. With GPUs, reading and preprocessing run as a Ray
+Data stage of CPU tasks of their own ahead of the actors (`map`), so that a GPU does not
+wait for each volume's reading; on CPUs each actor reads its own volumes. The driver saves
+each piece in the resume folder as it arrives and merges them in input order, exactly as
+the single-process build does, so the bank is the same and a killed distributed build
+resumes too. The calibration null, the index and the bank's files are made on the driver.
+Ray Data restarts an actor that dies and retries its volume.
 
 score: sharded by synthetic volume, the bank read-only and shared. Every task scores one
 synthetic volume: the worker loads the bank from its path (once per worker process; the
@@ -164,19 +166,34 @@ class RayRunner:
 
 
 # ---- build-bank: encoding as Ray Data batch inference ---------------------------------------
+def prepare_row(row: dict, sources, read_options, plan, spec, cwd: str) -> dict:
+    """Ray Data's read-and-preprocess stage (a CPU task): one volume, prepared for the
+    encoder actors (features.prepare_volume), packed as bytes."""
+    from .encoding.features import prepare_volume, prepared_to_bytes
+
+    _in_driver_folder(cwd)
+    i = int(row["index"])
+    prepared = prepare_volume(sources[i], read_options, plan, spec)
+    return {"index": i, "prepared": prepared_to_bytes(prepared)}
+
+
+def _in_driver_folder(cwd: str) -> None:
+    """Relative input paths start where the driver runs (the same folder on every node)."""
+    if os.getcwd() != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 class VolumeEncoder:
-    """A Ray Data actor: one encoder, loaded once, encoding one training volume per row.
+    """A Ray Data actor: one encoder, loaded once, encoding one training volume per row:
+    a prepared one (column "prepared", from prepare_row) or one it reads itself.
 
     encoder_args: (BankSettings, checkpoint, encoder config dict, device, batch size) as
     BankSettings.encoder takes them; expected: the driver's EncoderInfo dict, which the
-    worker's encoder must match (the same checkpoint bytes, architecture, layers), and the
-    driver's working folder ("driver_cwd"), where relative input paths start."""
+    worker's encoder must match (the same checkpoint bytes, architecture, layers)."""
 
-    def __init__(self, sources, read_options, plan, encoder_args, expected: dict, threads: int):
+    def __init__(self, sources, read_options, plan, encoder_args, expected, threads, cwd):
         match_threads(threads)
-        if os.path.isdir(expected["driver_cwd"]):  # relative training paths, as the driver
-            os.chdir(expected["driver_cwd"])
-        expected = {k: v for k, v in expected.items() if k != "driver_cwd"}
+        _in_driver_folder(cwd)
         settings, checkpoint, config, device, batch_size = encoder_args
         self.encoder = settings.encoder(checkpoint, config, device, batch_size)
         if self.encoder.info.to_dict() != expected:
@@ -188,18 +205,43 @@ class VolumeEncoder:
         self.sources, self.read_options, self.plan = sources, read_options, plan
 
     def __call__(self, batch: dict) -> dict:
-        from .encoding.features import EncodedFiles, encode_volume
+        from .encoding.features import (
+            EncodedFiles,
+            encode_prepared,
+            encode_volume,
+            pins,
+            prepared_from_bytes,
+        )
+        from .job import Job
 
         packed = []
-        for i in batch["index"]:
-            piece = encode_volume(self.sources[int(i)], self.encoder, self.read_options, self.plan)
+        for k, i in enumerate(batch["index"]):
+            if "prepared" in batch:
+                prepared = prepared_from_bytes(batch["prepared"][k], pins(self.encoder))
+                piece = encode_prepared(self.encoder, prepared, Job().step(None, 1))
+            else:
+                source = self.sources[int(i)]
+                piece = encode_volume(source, self.encoder, self.read_options, self.plan)
             packed.append(pack(*EncodedFiles.to_parts(piece)))
         return {"index": np.asarray(batch["index"]), "piece": np.array(packed, dtype=object)}
 
 
-def encoding_runner(cluster: RayCluster, encoder, encoder_args: tuple):
+def encoding_runner(
+    cluster: RayCluster,
+    encoder,
+    encoder_args: tuple,
+    split: bool | None = None,
+    actor_cpus: float = 1.0,
+):
     """build_bank's `runner`: (sources, read_options, plan) -> a pieces.py Runner that
-    encodes on the cluster (map_batches over an actor pool; see the module docstring)."""
+    encodes on the cluster (map_batches over an actor pool; see the module docstring).
+
+    split: read and preprocess in CPU tasks of their own, ahead of the encoder actors
+    (default: when the actors have GPUs, which would otherwise wait for each volume's
+    reading); without it each actor reads its volumes itself (on CPUs the encoder is
+    the bottleneck and a separate stage would only compete for the same cores).
+    actor_cpus: CPUs reserved per actor (below 1 leaves room for the tasks on a small
+    cluster)."""
     from .encoding.features import EncodedFiles
 
     def make(sources, read_options, plan) -> Runner:
@@ -214,9 +256,14 @@ def encoding_runner(cluster: RayCluster, encoder, encoder_args: tuple):
             context.enable_progress_bars = False  # the CLI shows its own
             context.print_on_execution_start = False
             logging.getLogger("ray.data").setLevel(logging.ERROR)  # and says what it does
+            cwd = os.getcwd()
             volumes = ray.data.from_items(
                 [{"index": i} for i in pending], override_num_blocks=len(pending)
             )
+            if split if split is not None else gpus > 0:
+                args = (sources, read_options, plan, encoder.spec, cwd)
+                volumes = volumes.map(prepare_row, fn_args=args, num_cpus=1)
+            expected = encoder.info.to_dict()
             pieces = volumes.map_batches(
                 VolumeEncoder,
                 fn_constructor_args=(
@@ -224,12 +271,13 @@ def encoding_runner(cluster: RayCluster, encoder, encoder_args: tuple):
                     read_options,
                     plan,
                     encoder_args,
-                    {**encoder.info.to_dict(), "driver_cwd": os.getcwd()},
+                    expected,
                     cluster.threads,
+                    cwd,
                 ),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
-                num_cpus=1,
+                num_cpus=actor_cpus,
                 num_gpus=1 if gpus else 0,
             )
             for row in pieces.iter_rows():

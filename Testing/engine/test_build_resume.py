@@ -252,10 +252,10 @@ def test_ray_two_workers_build_the_same_bank_and_resume(train, reference, tmp_pa
     cluster = RayCluster(workers=2)
     given: list[list[int]] = []
 
+    encoder_args = (settings, None, encoder.info.config, "cpu", 32)
+
     def runner(sources, options, plan):
-        run = encoding_runner(cluster, encoder, (settings, None, encoder.info.config, "cpu", 32))(
-            sources, options, plan
-        )
+        run = encoding_runner(cluster, encoder, encoder_args)(sources, options, plan)
 
         def counted(pending):
             given.append(list(pending))
@@ -279,12 +279,17 @@ def test_ray_two_workers_build_the_same_bank_and_resume(train, reference, tmp_pa
         pieces._fault_point = original
         assert not out.exists() and len(resume_folders(out)) == 1
         build(train, out, **ray_build)
+        assert [len(p) for p in given] == [N_TRAIN, N_TRAIN - 2]  # the rerun: only the rest
+        same_bank(reference, out)
+        assert resume_folders(out) == []
+        # Reading and preprocessing as a stage of CPU tasks of its own (what GPU actors get):
+        # half a CPU per actor leaves the tasks one of the two.
+        split = encoding_runner(cluster, encoder, encoder_args, split=True, actor_cpus=0.5)
+        build(train, tmp_path / "split", runner=split, run_settings={"device": "ray split"})
+        same_bank(reference, tmp_path / "split")
     finally:
         pieces._fault_point = original
         cluster.close()
-    assert [len(p) for p in given] == [N_TRAIN, N_TRAIN - 2]  # the rerun: only the rest
-    same_bank(reference, out)
-    assert resume_folders(out) == []
 
 
 def test_build_bank_ray_options_say_how_to_install_ray(train, tmp_path, monkeypatch, capsys):

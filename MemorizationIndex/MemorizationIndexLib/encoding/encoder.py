@@ -19,7 +19,13 @@ import torch
 from ..errors import SettingsError
 from ..job import Step
 from .checkpoint import load_mricore_state_dict
-from .preprocessing import NO_BOUNDS, PreprocessSpec, prepare_canvas, to_encoder_input
+from .preprocessing import (
+    NO_BOUNDS,
+    PreprocessSpec,
+    imagenet_stats,
+    prepare_canvas,
+    to_encoder_input,
+)
 from .vit import EncoderConfig, MRICoreEncoder
 
 
@@ -136,6 +142,7 @@ class Encoder:
         self.info = info
         self.spec = spec
         self.batch_size = int(batch_size)
+        self._stats = imagenet_stats(self.device)
 
     @classmethod
     def load(
@@ -179,7 +186,7 @@ class Encoder:
         """
         if self.device.type == "cuda":
             canvas = canvas.to(self.device, non_blocking=True)
-        return self._run(canvas, to_encoder_input, progress)
+        return self._run(canvas, lambda chunk: to_encoder_input(chunk, self._stats), progress)
 
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor, prepare, progress: Step | None) -> list[torch.Tensor]:

@@ -31,11 +31,13 @@ from ..pieces import (
     Piece,
     ResumeFolder,
     Runner,
+    pack,
     run_in_pieces,
     run_key,
     skipped_from_json,
     skipped_to_json,
     sources_content,
+    unpack,
 )
 from ..scans import (
     ReadOptions,
@@ -479,6 +481,23 @@ class EncodedFiles:
             **{name: arrays[name] for name in _VOLUME_ARRAYS},
         )
         return Piece(volume, skipped)
+
+
+def prepared_to_bytes(prepared: PreparedVolume) -> bytes:
+    """A prepared volume as one byte string (Ray Data's read-and-preprocess stage sends it
+    to the encoder actors): its piece as EncodedFiles stores it, and its canvases."""
+    meta, arrays = EncodedFiles.to_parts(prepared.piece)
+    meta["views"] = list(prepared.canvases)
+    arrays.update({f"canvas.{v}": c.numpy() for v, c in prepared.canvases.items()})
+    return pack(meta, arrays)
+
+
+def prepared_from_bytes(data: bytes, pin: bool = False) -> PreparedVolume:
+    meta, arrays = unpack(data)
+    canvases = {v: torch.from_numpy(arrays.pop(f"canvas.{v}")) for v in meta["views"]}
+    if pin:
+        canvases = {v: c.pin_memory() for v, c in canvases.items()}
+    return PreparedVolume(EncodedFiles.from_parts(meta, arrays), canvases)
 
 
 _VOLUME_ARRAYS = ("slice_indices", "positions", "thumbnails", "thumbnail_mm", "flip_rows")

@@ -78,11 +78,21 @@ def fit_to_grid(slices: np.ndarray, pixel_spacing: tuple[float, float], size: in
     return canvas
 
 
-def to_encoder_input(canvas: torch.Tensor) -> torch.Tensor:
-    """[n, S, S] in [0, 1] -> [n, 3, S, S] normalised with ImageNet statistics (on the
-    canvas's device: the encoder does this step on the GPU, where it is one kernel)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=canvas.dtype, device=canvas.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=canvas.dtype, device=canvas.device).view(1, 3, 1, 1)
+def imagenet_stats(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as float32 [1, 3, 1, 1] tensors on a device (made once by the
+    encoder: creating them on a GPU is a copy that waits for the device)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def to_encoder_input(
+    canvas: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """[n, S, S] float32 in [0, 1] -> [n, 3, S, S] normalised with ImageNet statistics, on
+    the canvas's device (stats: imagenet_stats of that device; the encoder does this step on
+    the GPU, where it is one kernel)."""
+    mean, std = stats if stats is not None else imagenet_stats(canvas.device)
     return (canvas.unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
 
 
