@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from Testing.conftest import TINY_LAYERS
 
@@ -303,3 +304,42 @@ def test_build_bank_ray_options_say_how_to_install_ray(train, tmp_path, monkeypa
     code = main(["build-bank", str(train), "--out", str(out), "--workers", "0", "--quiet"])
     assert code == 2 and "--workers must be at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_reader_processes_give_the_same_features(train):
+    """read_workers=1: reading and preprocessing in a worker process, same FeatureSet."""
+    from MemorizationIndexLib.encoding.features import extract_features
+    from MemorizationIndexLib.scans import ScanSource
+
+    settings, encoder = settings_and_encoder()
+    sources = [ScanSource(str(p)) for p in sorted(train.iterdir())[:2]]
+    options = settings.read_options()
+    flips = ("none", "hflip")
+    thread = extract_features(sources, encoder, options, flips=flips, read_workers=0)
+    process = extract_features(sources, encoder, options, flips=flips, read_workers=1)
+    assert process.slices == thread.slices
+    np.testing.assert_array_equal(process.thumbnails, thread.thumbnails)
+    for a, b in zip(process.features, thread.features, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(process.flip_features["hflip"], thread.flip_features["hflip"], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_matches_the_cpu(train):
+    """Pinned canvases, non-blocking copies, normalisation and features on the device: the
+    same features as the CPU up to bf16 rounding (run where there is a GPU)."""
+    from MemorizationIndexLib.bank.settings import BankSettings
+    from MemorizationIndexLib.encoding.features import extract_features
+    from MemorizationIndexLib.encoding.vit import EncoderConfig
+    from MemorizationIndexLib.scans import ScanSource
+
+    settings = BankSettings(**SETTINGS)
+    sources = [ScanSource(str(p)) for p in sorted(train.iterdir())[:2]]
+    found = {}
+    for device in ("cpu", "cuda"):
+        encoder = settings.encoder(config=EncoderConfig.tiny(), device=device)
+        found[device] = extract_features(sources, encoder, settings.read_options())
+    for a, b in zip(found["cuda"].features, found["cpu"].features, strict=True):
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.min() > 0.99
