@@ -368,13 +368,14 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def default_read_workers(encoder: Encoder) -> int:
+def default_read_workers(encoder: Encoder, n_volumes: int) -> int:
     """Worker processes for reading and preprocessing: none on the CPU, where the encoder
     keeps every core busy and a reader thread keeps up (measured, see the README); on a
-    GPU, up to 4, leaving a core to the process that feeds the device."""
-    if encoder.device.type != "cuda":
+    GPU, up to 4, leaving a core to the process that feeds the device, and none for a
+    single volume (score encodes one at a time: starting processes costs seconds)."""
+    if encoder.device.type != "cuda" or n_volumes < 2:
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(4, (os.cpu_count() or 1) - 1, n_volumes - 1))
 
 
 def local_runner(
@@ -387,8 +388,9 @@ def local_runner(
 ) -> Runner:
     """A pieces.py Runner that encodes in this process, reading ahead (see _Reader);
     progress is the step's, a fraction of a volume at a time."""
-    workers = default_read_workers(encoder) if read_workers is None else read_workers
-    reader = _Reader(sources, read_options, plan, encoder.spec, pins(encoder), workers)
+    if read_workers is None:
+        read_workers = default_read_workers(encoder, len(sources))
+    reader = _Reader(sources, read_options, plan, encoder.spec, pins(encoder), read_workers)
 
     def run(pending: list[int]) -> Iterator[tuple[int, Piece]]:
         base = len(sources) - len(pending)
