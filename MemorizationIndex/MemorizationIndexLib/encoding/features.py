@@ -263,7 +263,7 @@ def prepare_volume(
     for flip in plan.extra_flips:
         canvases[flip] = prepare_canvas(volume.slices[rows], spacing, spec, flip, bounds)
     if pin:
-        canvases = {view: c.pin_memory() for view, c in canvases.items()}
+        canvases = pinned(canvases)
     size = plan.thumbnail_size
     extent_mm = max(volume.slices.shape[1] * spacing[0], volume.slices.shape[2] * spacing[1])
     encoded = EncodedVolume(
@@ -308,6 +308,11 @@ def encode_volume(source, encoder: Encoder, read_options: ReadOptions, plan: Enc
     return encode_prepared(encoder, prepared, Job().step(None, 1))
 
 
+def pinned(canvases: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Page-locked copies, which a CUDA device reads without blocking the host."""
+    return {view: c.pin_memory() for view, c in canvases.items()}
+
+
 def pins(encoder: Encoder) -> bool:
     """Whether prepared slices should be page-locked: only for a CUDA encoder."""
     return encoder.device.type == "cuda"
@@ -339,7 +344,7 @@ class _Reader:
                 return prepare_volume(self.sources[i], *self.args, pin=self.pin)
             prepared = processes.submit(prepare_volume, self.sources[i], *self.args).result()
             if self.pin:
-                prepared.canvases = {v: c.pin_memory() for v, c in prepared.canvases.items()}
+                prepared.canvases = pinned(prepared.canvases)
             return prepared
 
         todo = list(indices)[::-1]
@@ -498,7 +503,7 @@ def prepared_from_bytes(data: bytes, pin: bool = False) -> PreparedVolume:
     meta, arrays = unpack(data)
     canvases = {v: torch.from_numpy(arrays.pop(f"canvas.{v}")) for v in meta["views"]}
     if pin:
-        canvases = {v: c.pin_memory() for v, c in canvases.items()}
+        canvases = pinned(canvases)
     return PreparedVolume(EncodedFiles.from_parts(meta, arrays), canvases)
 
 
