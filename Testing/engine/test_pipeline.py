@@ -244,3 +244,14 @@ def test_verification_reports_progress_per_slice_and_honours_cancel(small_cohort
             ),
         )
     assert sum(started) == 1  # stopped right after the first verified slice
+
+
+def test_settled_slices_follow_the_bank_gate(small_bank, result):
+    """Stage 2 settles exactly the slices whose check value is below the bank's gate; the
+    copies' slices that stage 2 flags are never settled."""
+    bank, _ = small_bank
+    gate = bank.combination.gate
+    rows = result.slices
+    assert any(r["verify_settled"] for r in rows) and not all(r["verify_settled"] for r in rows)
+    for r in rows:
+        assert r["verify_settled"] == (r["verify_check"] < gate)

@@ -25,6 +25,7 @@ from ..pieces import Runner
 from ..scans import ReadOptions, find_scans_required
 from ..scans.subjects import read_grouping_file, split_duplicates, subject_of
 from ..search.index import QuerySlices, StageResult
+from ..search.verification import settle
 from ..search.volume_stage import CompactVolumeStore, VolumeStageResult, volume_stage
 from .feature_bank import FeatureBank, no_images
 from .settings import BankSettings
@@ -37,10 +38,11 @@ class NullSearch:
     """What calibration found for each held-out training slice (rows of the FeatureSet)."""
 
     s1: np.ndarray  # stage-1 similarity
-    s2: np.ndarray | None  # stage-2 aligned NCC (None without verification)
+    s2: np.ndarray | None  # stage-2 score, gated (None without verification)
     s3: np.ndarray | None  # stage-3 volume NCC (None without the volume stage)
     rows: np.ndarray  # the FeatureSet rows these belong to
     matched_volume: np.ndarray  # training volume of each slice's match
+    gate: float | None = None  # stage 2's gate: this share of check values lie below it
 
 
 def cross_fitted_null(
@@ -53,7 +55,9 @@ def cross_fitted_null(
 
     Every subject is held out once (settings.calibration_folds folds; `groups` numbers the
     subject of each volume, default one subject per volume). With query flips the null
-    uses the slices that were also encoded flipped.
+    uses the slices that were also encoded flipped. Stage 2's gate is the quantile
+    settle_share of the check values of all held-out slices; each fold's alignments are
+    then gated as scoring gates them (verification.settle), before stage 3 sees them.
     """
     job = job or Job()
     if settings.flips != ("none",):
@@ -63,9 +67,12 @@ def cross_fitted_null(
     s1 = np.zeros(len(null_rows), np.float64)
     s2 = np.zeros(len(null_rows), np.float64) if settings.verify else None
     s3 = np.zeros(len(null_rows), np.float64) if settings.volume_stage else None
+    checks = np.zeros(len(null_rows), np.float64)
     positions = train.positions() if settings.volume_stage else None  # once, for every fold
     matched = np.zeros(len(null_rows), np.int64)
     folds = volume_folds(len(train.volumes), settings.calibration_folds, settings.seed, groups)
+    searched = []  # (held-out slices, FeatureSet rows of the fold's bank, result)
+    settle_share = None
     for held_out in folds:
         job.check()
         held = np.isin(train.volume_ids, held_out)
@@ -78,18 +85,25 @@ def cross_fitted_null(
             train.volume_ids[in_bank],
             train.thumbnails[in_bank],
         )
+        settle_share = index.verifier.settings.settle_share
         queries = QuerySlices.of(train, settings.flips, null_rows[query_mask])
-        result = index.search(queries, job.step(None, len(queries)))
+        result = index.search(queries, job.step(None, len(queries)), keep_checked=s2 is not None)
         s1[query_mask] = result.stage1.similarity
         if s2 is not None:
-            s2[query_mask] = result.alignment.ncc
-        bank_rows = np.flatnonzero(in_bank)[result.match_rows]
+            checks[query_mask] = result.alignment.check
+        searched.append((query_mask, np.flatnonzero(in_bank), result))
+    gate = float(np.quantile(checks, settle_share)) if s2 is not None else None
+    for query_mask, fold_bank, result in searched:
+        if s2 is not None:
+            result.alignment = settle(result.alignment, result.checked, gate)
+            s2[query_mask] = result.alignment.score
+        bank_rows = fold_bank[result.match_rows]
         matched[query_mask] = train.volume_ids[bank_rows]
         if s3 is not None:
             s3[query_mask] = held_out_volume_stage(
                 train, positions, settings, null_rows[query_mask], bank_rows, result, job
             ).scores
-    return NullSearch(s1, s2, s3, null_rows, matched)
+    return NullSearch(s1, s2, s3, null_rows, matched, gate)
 
 
 def held_out_volume_stage(
@@ -210,7 +224,7 @@ def bank_from_features(
     if pairs:  # calibrate again with each such pair held out together
         groups = merge_groups(groups, pairs)
         found = cross_fitted_null(train, settings, job, groups)
-    combination = Combination.fit(found.s1, found.s2, found.s3)
+    combination = Combination.fit(found.s1, found.s2, found.s3, gate=found.gate)
     null = NullModel.fit(combination.statistic_of(found.s1, found.s2, found.s3))
     thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
     index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)

@@ -107,7 +107,11 @@ class FeatureBank:
     def search(self, queries: FeatureSet, progress: Step | None = None) -> StageResult:
         """Both stages for every query slice under the bank's query flips; progress
         follows stage 2 slice by slice (see SliceIndex.search)."""
-        return self.index.search(QuerySlices.of(queries, self.settings.flips), progress)
+        return self.index.search(
+            QuerySlices.of(queries, self.settings.flips),
+            progress,
+            settle_below=self.combination.gate,
+        )
 
     def statistic(self, result: StageResult) -> np.ndarray:
         """The per-slice statistic that MI and ONI calibrate."""
@@ -313,7 +317,9 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         )
     null_keys = tuple(NullModel.__dataclass_fields__)
     n_stages = 3 if settings.volume_stage else 2
-    stage_keys = tuple(f"stage{i}_{k}" for i in range(1, n_stages + 1) for k in null_keys)
+    stage_keys = tuple(f"stage{i}_{k}" for i in range(1, n_stages + 1) for k in null_keys) + (
+        "stage2_gate",
+    )
     try:
         null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
         stages = load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {}

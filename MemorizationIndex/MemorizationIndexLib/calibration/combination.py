@@ -31,21 +31,24 @@ class Combination:
 
     verify: bool
     nulls: list[NullModel] = field(default_factory=list)  # one per stage when verify
+    # Stage 2's gate: a slice whose check value is below it is settled (verification.py).
+    gate: float | None = None
 
     @property
     def n_stages(self) -> int:
         return len(self.nulls) if self.verify else 1
 
     @classmethod
-    def fit(cls, *scores: np.ndarray | None) -> Combination:
-        """From the null's stage scores (stage 1 first); None marks a stage that is off."""
+    def fit(cls, *scores: np.ndarray | None, gate: float | None = None) -> Combination:
+        """From the null's stage scores (stage 1 first; stage 2 already gated at `gate`);
+        None marks a stage that is off."""
         present = [s for s in scores if s is not None]
         if len(present) < 2:
             return cls(verify=False)
-        return cls(verify=True, nulls=[NullModel.fit(s) for s in present])
+        return cls(verify=True, nulls=[NullModel.fit(s) for s in present], gate=gate)
 
     def statistic(self, result: StageResult) -> np.ndarray:
-        s2 = result.alignment.ncc if result.alignment is not None else None
+        s2 = result.alignment.score if result.alignment is not None else None
         return self.statistic_of(result.stage1.similarity, s2, result.volume_ncc)
 
     def statistic_of(self, *scores: np.ndarray | None) -> np.ndarray:
@@ -65,6 +68,8 @@ class Combination:
         out = {}
         for i, null in enumerate(self.nulls if self.verify else [], start=1):
             out.update({f"stage{i}_{k}": v for k, v in null.to_arrays().items()})
+        if self.verify:
+            out["stage2_gate"] = np.array(np.nan if self.gate is None else self.gate)
         return out
 
     @classmethod
@@ -77,13 +82,14 @@ class Combination:
             )
             for prefix in (f"stage{i}_" for i in range(1, n_stages + 1))
         ]
-        return cls(verify=True, nulls=nulls)
+        gate = float(arrays["stage2_gate"])
+        return cls(verify=True, nulls=nulls, gate=None if np.isnan(gate) else gate)
 
     def summary(self) -> dict:
         if not self.verify:
             return {"verify": False, "statistic": STAGE_NAMES[0]}
         names = ", ".join(f"p_stage{i}" for i in range(1, len(self.nulls) + 1))
-        out = {"verify": True, "statistic": f"-log10 min({names})"}
+        out = {"verify": True, "statistic": f"-log10 min({names})", "stage2_gate": self.gate}
         for i, null in enumerate(self.nulls, start=1):
             out[f"stage{i}"] = {"score": STAGE_NAMES[i - 1], **null.summary()}
         return out

@@ -73,7 +73,9 @@ class SliceResult(_Row):
     statistic is what MI calibrates (column `score`); mi in [0, 1], oni in [-1, 1],
     p_value in (0, 1]. The pose maps the training slice onto this one: flip (column
     `transform`), angle_deg (degrees), shift in mm, scale (stretch along x = columns,
-    y = rows); verified_ncc is stage 2's aligned NCC (None when verification is off)."""
+    y = rows); verified_ncc is stage 2's aligned NCC (None when verification is off),
+    verify_check its check value and verify_settled whether the check settled it (its
+    stage-2 p-value is then 1 and the pose is the check's, unrefined)."""
 
     volume: str
     series_uid: str
@@ -95,6 +97,8 @@ class SliceResult(_Row):
     shift_mm: tuple[float, float] = (0.0, 0.0)
     scale: tuple[float, float] = (1.0, 1.0)
     verified_ncc: float | None = None
+    verify_check: float | None = None  # stage 2's check value (what the bank's gate compares)
+    verify_settled: bool | None = None  # settled by the check: its pose is the check's
     volume_ncc: float | None = None  # stage 3: NCC with the registered training volume
     margin: float = 0.0
     agreement: float = 0.0
@@ -130,6 +134,8 @@ class SliceResult(_Row):
         }
         if self.verified_ncc is not None:
             row["verified_ncc"] = self.verified_ncc
+            row["verify_check"] = self.verify_check
+            row["verify_settled"] = self.verify_settled
         if self.volume_ncc is not None:
             row["volume_ncc"] = self.volume_ncc
         row.update(

@@ -3,10 +3,8 @@
 Synthetic volumes are independent given the bank (MI calibrates against the bank's null,
 never against the other synthetic scans), so `score` encodes and scores one volume at a
 time: each volume's rows then depend only on the bank and that volume, whatever else is
-scored with it, in one process or on a Ray worker. (Scoring every slice in one call, as
-score.score does, is not the same to the last digits: stage 2 refines the poses of all the
-slices it is given in one joint L-BFGS-B run, whose iterations depend on the whole batch;
-measured on the test cohort, verified NCCs moved by about 1e-4.)
+scored with it, in one process or on a Ray worker (stage 2 refines each slice's pose on
+its own, so its result does not depend on the batch either).
 
 Each finished volume's results are a piece in a resume folder beside the output (pieces.py:
 temporary name then rename, a key that hashes the bank (its manifest and file digests), the

@@ -82,6 +82,8 @@ def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -
     mm_match = float(bank.thumbnail_mm[int(stages.match_rows[i])])
     return {
         "verified_ncc": float(al.ncc[i]),
+        "verify_check": float(al.check[i]),
+        "verify_settled": bool(al.settled[i]),
         "flip": al.flip[i],
         "angle_deg": float(al.angle[i]),
         "shift_mm": (float(al.shift[i, 0]) * mm, float(al.shift[i, 1]) * mm),

@@ -81,6 +81,7 @@ class StageResult:
     view: np.ndarray  # index of the view (flip) that matched best in stage 1
     alignment: Alignments | None  # stage 2, when verification is on
     volume_ncc: np.ndarray | None = None  # stage 3 (volume_stage.py), set by its caller
+    checked: Alignments | None = None  # stage 2's check alignment of every query, if kept
 
     @property
     def stage_score(self) -> np.ndarray:
@@ -230,9 +231,16 @@ class SliceIndex:
         ]
         return concat_matches(parts)
 
-    def search(self, queries: QuerySlices, progress: Step | None = None) -> StageResult:
+    def search(
+        self,
+        queries: QuerySlices,
+        progress: Step | None = None,
+        settle_below: float | None = None,
+        keep_checked: bool = False,
+    ) -> StageResult:
         """Both stages for every query. progress.update(done, n) follows stage 2 query by
-        query (and may raise CancelledError there)."""
+        query (and may raise CancelledError there). settle_below and keep_checked: see
+        Verifier.align (the bank's gate; calibration keeps the check alignments)."""
         n = len(queries)
         with small_batch_blas():
             views = [(rows, feats) for rows, feats in queries.views if len(rows) > 0]
@@ -241,13 +249,20 @@ class SliceIndex:
             else:
                 views = [(rows, self._stage1(feats)) for rows, feats in views]
             stage1, view = best_over_views(views, n)
-            alignment = None
+            alignment = checked = None
             if self.verify_k > 0:
                 candidates = pooled_candidates(views, n, self.verify_k)
                 if self.pixel_k > 0:
                     near = self.pixel_index_.search(queries.thumbnails, self.pixel_k)
                     candidates = merge_candidates(candidates, near)
                 alignment = self.verifier.align(
-                    queries.thumbnails, self.thumbnails_, candidates, progress
+                    queries.thumbnails,
+                    self.thumbnails_,
+                    candidates,
+                    progress,
+                    settle_below=settle_below,
+                    keep_checked=keep_checked,
                 )
-        return StageResult(stage1, view, alignment)
+                if keep_checked:
+                    alignment, checked = alignment
+        return StageResult(stage1, view, alignment, checked=checked)

@@ -7,24 +7,37 @@ normalised cross-correlation over the foreground.
 
 The pose maps the training slice onto the query: flip, rotation, a stretch along each of
 the query's axes (a crop resized back stretches rows and columns by different amounts), and
-a shift. Alignment is an exhaustive coarse search (4 flips x a grid of angles x two
-stretches: none, and the ratio of the two slices' foreground spreads; the best shift of each
-pose comes from one FFT cross-correlation), then the best candidates are re-scored at full
-size and their best poses refined by scipy's L-BFGS-B on the NCC, with exact gradients from
-torch. Slices are compared as the bank's uint8 thumbnails (min-max scaled, aspect kept).
+a shift. Alignment is a cascade, each step on fewer candidates:
+
+1. every candidate against every flip x angle (5 degree steps) of the query at 16 x 16
+   (two stretches: none, and the ratio of the two slices' foreground spreads; the best
+   shift of each pose from one FFT cross-correlation), to rank the candidates. At that
+   size every brain looks like every other, so this ranks but never decides;
+2. the same exhaustive search at 32 x 32 (2.5 degree steps) on the best-ranked candidates;
+3. the best pose of each flip of the best candidates re-scored at full size: the highest
+   foreground NCC there is the query's check value;
+4. the best pose refined by projected Adam on the NCC, with exact gradients from torch.
+
+The flips and angles are applied to the query (once per query), not to the candidates, so
+each candidate is transformed once. A query whose check value lies below the bank's gate
+(the level most held-out training slices stay under) is settled there: it keeps its
+unrefined pose, and its stage-2 score is SETTLED_SCORE, which every null slice reaches, so
+its stage-2 p-value is 1. The null's slices are gated the same way (bank/build.py), so the
+gate is part of the calibrated statistic, not a shortcut beside it.
+Slices are compared as the bank's uint8 thumbnails (min-max scaled, aspect kept).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize
 
-from ..geometry import FLIP_NAMES, FLIPS, pose_matrices, warp
+from ..geometry import FLIP_NAMES, FLIPS, pose_matrices, sampling_grid, warp
 from ..job import Step
 from .foreground import (
     FOREGROUND_LEVEL,
@@ -36,19 +49,29 @@ from .foreground import (
 
 # Banks store the version of the stage-2 score their null was built with; bump it whenever
 # the score of a pair changes, so an older bank is rebuilt rather than miscalibrated.
-VERIFIER_VERSION = 2
+VERIFIER_VERSION = 3
 SOFT_EDGE = 0.02  # width of the soft foreground edge the refinement differentiates through
+# Stage-2 score of a slice the check settled: the lowest NCC, so its p-value is 1.
+SETTLED_SCORE = -1.0
+ADAM_BETAS = (0.9, 0.999)
 
 
 @dataclass(frozen=True)
 class VerifySettings:
     angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 2.5))
+    # At 16 pixels a 2.5 degree step moves the edge of the head by a third of a pixel.
+    check_angles: tuple[float, ...] = tuple(float(a) for a in np.arange(-20.0, 20.01, 5.0))
     stretch_bounds: tuple[float, float] = (0.8, 1.3)  # per-axis stretch the search allows
     max_shift: float = 0.25  # share of the thumbnail size
+    check_size: int = 16  # the first search ranks every candidate at this size
+    check_candidates: int = 8  # candidates it passes on to the coarse search
+    # The gate: the share of held-out training slices whose check value lies below it.
+    settle_share: float = 0.6
     coarse_size: int = 32  # the exhaustive search runs at this size, the rest at full size
     full_candidates: int = 6  # candidates re-scored at full size (best pose of each flip)
     refine_poses: int = 1  # best full-size poses per query refined by the optimiser
-    refine_iterations: int = 25
+    refine_iterations: int = 30
+    refine_step: float = 0.5  # first Adam step, in degrees, stretch per cent and pixels
     # How far refinement may move a pose from where the search put it.
     refine_angle: float = 4.0  # degrees
     refine_stretch: float = 0.08  # log units per axis
@@ -70,6 +93,42 @@ class Alignments:
     angle: np.ndarray
     scale: np.ndarray  # [n, 2] (along x, along y)
     shift: np.ndarray  # [n, 2] (dx, dy) in thumbnail pixels
+    check: np.ndarray  # the check value: best unrefined full-size NCC (the gate compares it)
+    settled: np.ndarray  # bool: below the gate (its pose is the best unrefined one)
+
+    @property
+    def score(self) -> np.ndarray:
+        """The stage-2 score the null calibrates: the aligned NCC, SETTLED_SCORE if settled."""
+        return np.where(self.settled, SETTLED_SCORE, self.ncc)
+
+    def __len__(self) -> int:
+        return len(self.ncc)
+
+    def rows(self, which: np.ndarray) -> Alignments:
+        """The alignments of the queries `which` (indices or a boolean mask)."""
+        which = np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which)
+        return Alignments(
+            **{
+                f.name: [v[i] for i in which] if f.name == "flip" else np.asarray(v)[which]
+                for f in fields(self)
+                for v in (getattr(self, f.name),)
+            }
+        )
+
+
+def settle(full: Alignments, coarse: Alignments, gate: float) -> Alignments:
+    """What align(settle_below=gate) returns, from an ungated run's full and check
+    alignments: queries whose check value is below the gate keep their unrefined pose."""
+    out = Alignments(**{f.name: copy.copy(getattr(full, f.name)) for f in fields(full)})
+    settled = np.asarray(full.check) < gate
+    for f in fields(full):
+        if f.name in ("check", "settled"):
+            continue
+        target, source = getattr(out, f.name), getattr(coarse, f.name)
+        for i in np.flatnonzero(settled):
+            target[i] = source[i]
+    out.settled = settled
+    return out
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -104,12 +163,13 @@ def _soft_foreground_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _ncc(a, b, mask)
 
 
-def _parabolic(left: float, centre: float, right: float) -> float:
-    """Sub-pixel offset of a peak from its two neighbours (0 when flat)."""
-    if not (math.isfinite(left) and math.isfinite(right)):
-        return 0.0  # the peak sits on the edge of the allowed shifts
+def _parabolic_offsets(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor):
+    """Sub-pixel offsets of peaks from their two neighbours (0 when flat or on the edge
+    of the allowed shifts, where a neighbour is -inf)."""
     denom = left - 2.0 * centre + right
-    return 0.0 if denom >= 0 else float(np.clip(0.5 * (left - right) / denom, -0.5, 0.5))
+    usable = torch.isfinite(left) & torch.isfinite(right) & (denom < 0)
+    offset = 0.5 * (left - right) / torch.where(usable, denom, torch.ones_like(denom))
+    return torch.where(usable, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
 
 
 def best_shifts(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
@@ -127,36 +187,38 @@ def best_shifts(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
     corr[:, :, far] = -torch.inf
     norm = torch.sqrt((q * q).sum() * (v * v).sum(dim=(-2, -1))).clamp_min(1e-8)
     flat = corr.flatten(1).max(dim=1)
-    shifts = []
-    for i, at in enumerate(flat.indices.tolist()):
-        y, x = divmod(at, size)
-        c = corr[i]
-        fy = _parabolic(float(c[(y - 1) % size, x]), float(c[y, x]), float(c[(y + 1) % size, x]))
-        fx = _parabolic(float(c[y, (x - 1) % size]), float(c[y, x]), float(c[y, (x + 1) % size]))
-        y = y - size if y > size // 2 else y
-        x = x - size if x > size // 2 else x
-        shifts.append((x + fx, y + fy))
-    return shifts, flat.values / norm
+    y, x = flat.indices // size, flat.indices % size
+    n = torch.arange(len(corr))
+    fy = _parabolic_offsets(corr[n, (y - 1) % size, x], flat.values, corr[n, (y + 1) % size, x])
+    fx = _parabolic_offsets(corr[n, y, (x - 1) % size], flat.values, corr[n, y, (x + 1) % size])
+    y = torch.where(y > size // 2, y - size, y)
+    x = torch.where(x > size // 2, x - size, x)
+    return torch.stack([x + fx, y + fy], dim=1), flat.values / norm
 
 
-def peak_correlations(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
-    """best_shifts' normalised peaks alone, over shifts of at most max_shift pixels.
+def _centred_spectra(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rfft2 of [n, S, S] images with the mean removed (a zero DC term), and each image's
+    energy about its mean (sum of squares), so each image is read once."""
+    pixels = images.shape[-1] * images.shape[-2]
+    spectra = torch.fft.rfft2(images)
+    spectra[..., 0, 0] = 0.0
+    energy = (images * images).sum(dim=(-2, -1)) - images.sum(dim=(-2, -1)) ** 2 / pixels
+    return spectra, energy
 
-    The means are removed in the frequency domain (a zero DC term) and the norms come from
-    sums of squares, so each variant is read once.
-    """
-    size = query.shape[-1]
-    pixels = size * size
-    spectrum_q = torch.fft.rfft2(query)
-    spectrum_v = torch.fft.rfft2(variants)
-    spectrum_q[0, 0] = 0.0
-    spectrum_v[:, 0, 0] = 0.0
-    corr = torch.fft.irfft2(spectrum_q[None] * torch.conj(spectrum_v), s=(size, size))
-    near = torch.cat([torch.arange(max_shift + 1), torch.arange(size - max_shift, size)])
-    peaks = corr.index_select(1, near).index_select(2, near).flatten(1).max(dim=1).values
-    energy_q = (query * query).sum() - query.sum() ** 2 / pixels
-    energy_v = (variants * variants).sum(dim=(-2, -1)) - variants.sum(dim=(-2, -1)) ** 2 / pixels
-    return peaks / torch.sqrt((energy_q * energy_v).clamp_min(1e-16))
+
+def peak_correlations(queries: torch.Tensor, images: torch.Tensor, max_shift: int):
+    """[r, S, S] query variants x [m, S, S] images -> [m, r]: the normalised peak of each
+    pair's cross-correlation over shifts of at most max_shift pixels."""
+    size = queries.shape[-1]
+    spectrum_q, energy_q = _centred_spectra(queries)
+    spectrum_c, energy_c = _centred_spectra(images)
+    corr = torch.fft.irfft2(spectrum_q[None] * torch.conj(spectrum_c)[:, None], s=(size, size))
+    # Shifts of at most max_shift either way: the four corners of the circular correlation.
+    low, high = slice(0, max_shift + 1), slice(size - max_shift, size)
+    peaks = torch.stack(
+        [corr[..., a, b].amax(dim=(-2, -1)) for a in (low, high) for b in (low, high)]
+    ).amax(dim=0)
+    return peaks / torch.sqrt((energy_c[:, None] * energy_q[None]).clamp_min(1e-16))
 
 
 @dataclass
@@ -184,84 +246,84 @@ class Verifier:
 
     def __init__(self, settings: VerifySettings | None = None):
         self.settings = settings or VerifySettings()
-        angles = torch.tensor(self.settings.angles, dtype=torch.float32)
-        n_flips, n_angles = len(FLIP_NAMES), len(angles)
-        # Coarse poses per candidate: flip-major, then angle, then stretch (none, measured).
-        self._flip_of = torch.arange(n_flips).repeat_interleave(n_angles * 2)
-        self._angle_of = angles.repeat_interleave(2).repeat(n_flips)
-        self._measured = torch.tensor([False, True]).repeat(n_flips * n_angles)
-        self._grids: dict[int, torch.Tensor] = {}
+        self._grids: dict[tuple, torch.Tensor] = {}
 
-    def _rotation_grid(self, size: int) -> torch.Tensor:
-        """Sampling grids of every flip x angle at one size (no stretch), computed once."""
-        if size not in self._grids:
-            angles = torch.tensor(self.settings.angles, dtype=torch.float32)
+    def _query_grids(self, angles: tuple[float, ...], size: int) -> torch.Tensor:
+        """Sampling grids that turn the query by the inverse of every flip x angle pose
+        (no stretch, no shift) at one size, computed once: [flips x angles, S, S, 2]."""
+        if (angles, size) not in self._grids:
             n = len(FLIP_NAMES) * len(angles)
             signs = torch.tensor([FLIPS[f] for f in FLIP_NAMES])
             thetas = pose_matrices(
                 signs.repeat_interleave(len(angles), dim=0),
-                angles.repeat(len(FLIP_NAMES)),
+                torch.tensor(angles, dtype=torch.float32).repeat(len(FLIP_NAMES)),
                 torch.ones(n, 2),
                 torch.zeros(n, 2),
                 size,
             )
-            self._grids[size] = F.affine_grid(thetas, (n, 1, size, size), align_corners=False)
-        return self._grids[size]
+            inverse = torch.zeros_like(thetas)
+            inverse[:, :, :2] = torch.linalg.inv(thetas[:, :, :2])
+            grid = sampling_grid(inverse, size, size)
+            self._grids[angles, size] = grid
+        return self._grids[angles, size]
 
-    def _coarse(self, query: torch.Tensor, candidates: torch.Tensor, stretch: torch.Tensor):
-        """Per candidate, the coarse peak of every pose (FFT cross-correlation at the best
-        shift, at the coarse size): [k, flips, poses per flip].
+    def _pose_peaks(self, query, candidates, stretch, size: int, angles) -> torch.Tensor:
+        """Per candidate, the peak of every pose (FFT cross-correlation at the best shift,
+        at `size` pixels, over `angles`): [k, flips, angles x 2 stretches].
 
-        The measured stretch is applied to the candidate before it is rotated (R D rather
-        than the pose's D R): the two differ by a shear of under 2 % in this range, which
-        the refinement removes, and the rotation grids can then be shared.
+        Turning the query by a pose's inverse and comparing it with the candidate scores
+        the pose as turning the candidate would, up to the corners each loses, and costs
+        one rotation per pose rather than one per pose and candidate. The measured stretch
+        is applied to the candidate, before the turn (R D rather than the pose's D R): the
+        two differ by a shear of under 2 % in this range, which the refinement removes.
         """
-        full = query.shape[-1]
-        size = min(self.settings.coarse_size, full)
+        size = min(size, query.shape[-1])
         k = len(candidates)
+        if size != query.shape[-1]:
+            query = F.interpolate(query[None, None], size=(size, size), mode="area")[0, 0]
+            candidates = F.interpolate(candidates[:, None], size=(size, size), mode="area")[:, 0]
         stretched = warp(
             candidates,
-            pose_matrices(torch.ones(k, 2), torch.zeros(k), stretch, torch.zeros(k, 2), full),
+            pose_matrices(torch.ones(k, 2), torch.zeros(k), stretch, torch.zeros(k, 2), size),
         )
-        both = torch.stack([candidates, stretched], dim=1).reshape(2 * k, full, full)
-        if size != full:
-            query = F.interpolate(query[None, None], size=(size, size), mode="area")[0, 0]
-            both = F.interpolate(both[:, None], size=(size, size), mode="area")[:, 0]
-        grid = self._rotation_grid(size)
-        r = len(grid)
-        # Every image sampled at every grid in one call: images as channels, grids stacked.
-        variants = F.grid_sample(
-            both[None],
-            grid.reshape(1, r * size, size, 2),
+        both = torch.cat([candidates, stretched])
+        grid = self._query_grids(angles, size)
+        turned = F.grid_sample(
+            query[None, None].expand(len(grid), 1, size, size),
+            grid,
             mode="bilinear",
             padding_mode="zeros",
             align_corners=False,
-        )[0].reshape(2 * k * r, size, size)
-        peaks = peak_correlations(query, variants, int(self.settings.max_shift * size))
-        # [k, stretch, flip, angle] -> [k, flip, angle, stretch] (the pose order above)
-        peaks = peaks.view(k, 2, len(FLIP_NAMES), -1).permute(0, 2, 3, 1)
+        )[:, 0]
+        peaks = peak_correlations(turned, both, int(self.settings.max_shift * size))
+        # [stretch, k, flip, angle] -> [k, flip, angle, stretch] (the pose order above)
+        peaks = peaks.view(2, k, len(FLIP_NAMES), -1).permute(1, 2, 3, 0)
         return peaks.reshape(k, len(FLIP_NAMES), -1)
 
-    def _shortlist(self, peaks: torch.Tensor, stretch: torch.Tensor) -> _Poses:
-        """The best pose of each flip for the candidates whose best coarse peak is highest.
-
-        A brain is nearly left-right symmetric, so at the coarse size the wrong flip can win
-        narrowly: every flip's best pose goes on to the full-size comparison.
-        """
-        best_of_candidate = peaks.flatten(1).max(dim=1).values
-        top = torch.argsort(best_of_candidate, descending=True)[: self.settings.full_candidates]
-        pose = peaks[top].argmax(dim=2)  # [t, flips]
-        which = top[:, None].expand_as(pose).reshape(-1)
-        flip = torch.arange(len(FLIP_NAMES)).repeat(len(top))
-        index = flip * (peaks.shape[2]) + pose.reshape(-1)
-        measured = self._measured[index]
+    def _poses(self, which, flip, pose, stretch, angles) -> _Poses:
+        """_Poses from (candidate, flip, pose within the flip) triples, unshifted; a pose
+        within a flip is angle-major, then stretch (none, measured)."""
+        angle, measured = pose // 2, (pose % 2).bool()
         return _Poses(
             which=which,
             flip=flip,
-            angle=self._angle_of[index],
+            angle=torch.tensor(angles, dtype=torch.float32)[angle],
             stretch=torch.where(measured[:, None], stretch[which], 1.0),
             shift=torch.zeros(len(which), 2),
         )
+
+    def _shortlist(self, peaks: torch.Tensor, stretch, count: int, angles) -> _Poses:
+        """The best pose of each flip of the `count` candidates whose best peak is highest.
+
+        A brain is nearly left-right symmetric, so at a coarse size the wrong flip can win
+        narrowly: every flip's best pose goes on to the full-size comparison.
+        """
+        best_of_candidate = peaks.flatten(1).max(dim=1).values
+        top = torch.argsort(best_of_candidate, descending=True)[:count]
+        pose = peaks[top].argmax(dim=2)  # [t, flips]
+        which = top[:, None].expand_as(pose).reshape(-1)
+        flip = torch.arange(len(FLIP_NAMES)).repeat(len(top))
+        return self._poses(which, flip, pose.reshape(-1), stretch, angles)
 
     def _full_size(self, query: torch.Tensor, candidates: torch.Tensor, poses: _Poses):
         """Each pose at full size: its best shift, then the foreground NCC there."""
@@ -270,83 +332,88 @@ class Verifier:
         shifts, _ = best_shifts(
             query, warp(images, poses.thetas(size)), int(self.settings.max_shift * size)
         )
-        poses.shift = torch.tensor(shifts, dtype=torch.float32).reshape(-1, 2)
-        scores = foreground_ncc(
+        poses.shift = shifts.to(torch.float32).reshape(-1, 2)
+        return foreground_ncc(
             query[None].expand(len(images), -1, -1), warp(images, poses.thetas(size))
         )
-        return scores
 
-    def _refine(self, queries: torch.Tensor, images: torch.Tensor, poses: _Poses) -> torch.Tensor:
-        """L-BFGS-B (scipy) on the soft foreground NCC of every pose at once, gradients by
-        torch; each pose bounded near its start. Updates poses in place; returns the hard
-        foreground NCC at the refined poses."""
+    def _refine(self, queries: torch.Tensor, images: torch.Tensor, poses: _Poses):
+        """Projected Adam on the soft foreground NCC of every pose, in one batch: each pose
+        has its own gradient, moments and box near its start, so its result never depends
+        on what else is refined with it (a joint quasi-Newton run would share line searches
+        and curvature across poses, and a batch of one pose per call costs twenty times
+        more). The step shrinks on a cosine from refine_step to 5 % of it; each pose keeps
+        its best iterate. Returns the refined poses and the hard foreground NCC at them."""
         s = self.settings
         size = queries.shape[-1]
         signs = torch.tensor([FLIPS[FLIP_NAMES[f]] for f in poses.flip.tolist()])
         # Parameters per pose: angle (degrees), log stretch x 100 (x, y), shift (x, y).
-        start = torch.cat(
-            [poses.angle[:, None], 100.0 * poses.stretch.log(), poses.shift], dim=1
-        ).double()
+        start = torch.cat([poses.angle[:, None], 100.0 * poses.stretch.log(), poses.shift], dim=1)
         low_stretch, high_stretch = (100.0 * math.log(b) for b in s.stretch_bounds)
         reach = torch.tensor(
-            [s.refine_angle, 100 * s.refine_stretch, 100 * s.refine_stretch] + [s.refine_shift] * 2,
-            dtype=torch.float64,
+            [s.refine_angle, 100 * s.refine_stretch, 100 * s.refine_stretch] + [s.refine_shift] * 2
         )
         low, high = start - reach, start + reach
         low[:, 1:3] = low[:, 1:3].clamp(low_stretch, high_stretch)
         high[:, 1:3] = high[:, 1:3].clamp(low_stretch, high_stretch)
-        x0 = torch.minimum(torch.maximum(start, low), high)
+        x = torch.minimum(torch.maximum(start, low), high)
 
-        def objective(flat: np.ndarray):
-            x = torch.tensor(flat.reshape(-1, 5), dtype=torch.float32, requires_grad=True)
-            thetas = pose_matrices(signs, x[:, 0], torch.exp(x[:, 1:3] / 100.0), x[:, 3:5], size)
-            grid = F.affine_grid(thetas, (len(x), 1, size, size), align_corners=False)
-            moved = F.grid_sample(
-                images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )[:, 0]
-            loss = -_soft_foreground_ncc(queries, moved).sum()
-            loss.backward()
-            return float(loss.detach()), x.grad.double().numpy().ravel()
-
-        with torch.enable_grad():
-            result = minimize(
-                objective,
-                x0.numpy().ravel(),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=list(zip(low.numpy().ravel(), high.numpy().ravel(), strict=True)),
-                options={"maxiter": s.refine_iterations},
+        def soft_scores(params: torch.Tensor) -> torch.Tensor:
+            thetas = pose_matrices(
+                signs, params[:, 0], torch.exp(params[:, 1:3] / 100.0), params[:, 3:5], size
             )
-        x = torch.tensor(result.x.reshape(-1, 5), dtype=torch.float32)
-        refined = _Poses(poses.which, poses.flip, x[:, 0], torch.exp(x[:, 1:3] / 100.0), x[:, 3:5])
+            return _soft_foreground_ncc(queries, warp(images, thetas))
+
+        first, second = torch.zeros_like(x), torch.zeros_like(x)
+        best_x, best = x.clone(), torch.full((len(x),), -math.inf)
+        with torch.enable_grad():
+            for t in range(1, s.refine_iterations + 1):
+                params = x.clone().requires_grad_(True)
+                scores = soft_scores(params)
+                (-scores.sum()).backward()
+                scores = scores.detach()
+                better = scores > best
+                best = torch.where(better, scores, best)
+                best_x[better] = x[better]
+                first = ADAM_BETAS[0] * first + (1 - ADAM_BETAS[0]) * params.grad
+                second = ADAM_BETAS[1] * second + (1 - ADAM_BETAS[1]) * params.grad**2
+                rate = s.refine_step * (
+                    0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (t - 1) / s.refine_iterations))
+                )
+                step = (first / (1 - ADAM_BETAS[0] ** t)) / (
+                    (second / (1 - ADAM_BETAS[1] ** t)).sqrt() + 1e-8
+                )
+                x = torch.minimum(torch.maximum(x - rate * step, low), high)
+        with torch.no_grad():
+            last = soft_scores(x)
+        better = last > best
+        best_x[better] = x[better]
+        refined = _Poses(
+            poses.which,
+            poses.flip,
+            best_x[:, 0],
+            torch.exp(best_x[:, 1:3] / 100.0),
+            best_x[:, 3:5],
+        )
         return refined, foreground_ncc(queries, warp(images, refined.thetas(size)))
 
-    def _shortlists(self, query_images, bank_thumbnails, candidates, progress):
-        """Per query: its distinct candidate rows, the best full-size poses (refine_poses of
-        them) and their scores, after the exhaustive coarse search."""
+    def _search(self, q: torch.Tensor, c: torch.Tensor, stretch, settle_below: float):
+        """One query's cascade up to the refinement: (the check value, the best full-size
+        pose and its score, and unless settled the refine_poses best poses and scores)."""
         s = self.settings
-        n = len(query_images)
-        _, query_spread = foreground_moments(query_images)
-        chosen: list[_Poses] = []
-        chosen_scores = []
-        kept_rows = []
-        for i in range(n):
-            # Candidate sources overlap; each distinct row is aligned once.
-            rows = np.array(list(dict.fromkeys(np.asarray(candidates[i]).tolist())))
-            kept_rows.append(rows)
-            q = query_images[i]
-            c = as_unit_images(bank_thumbnails[rows])
-            _, spread = foreground_moments(c)
-            stretch = stretch_between(query_spread[i], spread, s.stretch_bounds)
-            peaks = self._coarse(q, c, stretch)
-            poses = self._shortlist(peaks, stretch)
-            scores = self._full_size(q, c, poses)
-            keep = torch.argsort(scores, descending=True)[: s.refine_poses]
-            chosen.append(poses.take(keep))
-            chosen_scores.append(scores[keep])
-            if progress is not None:
-                progress.update(i + 1, n)
-        return chosen, chosen_scores, kept_rows
+        peaks = self._pose_peaks(q, c, stretch, s.check_size, s.check_angles)
+        best = peaks.flatten(1).max(dim=1).values
+        keep = torch.argsort(best, descending=True)[: s.check_candidates]
+        peaks = self._pose_peaks(q, c[keep], stretch[keep], s.coarse_size, s.angles)
+        poses = self._shortlist(peaks, stretch[keep], s.full_candidates, s.angles)
+        poses.which = keep[poses.which]
+        scores = self._full_size(q, c, poses)
+        top = torch.argsort(scores, descending=True)[: s.refine_poses]
+        check = float(scores[top[0]])
+        at_check = (poses.take(top[:1]), scores[top[:1]])
+        if check < settle_below:
+            return check, at_check, None
+        return check, at_check, (poses.take(top), scores[top])
 
     def align(
         self,
@@ -354,30 +421,38 @@ class Verifier:
         bank_thumbnails: np.ndarray,
         candidates: np.ndarray,
         progress: Step | None = None,
-    ) -> Alignments:
+        settle_below: float | None = None,
+        keep_checked: bool = False,
+    ) -> Alignments | tuple[Alignments, Alignments]:
         """queries [n, S, S] uint8; candidates [n, m] bank rows (any order).
 
-        progress.update(done, n) follows each query's search: progress, and a place to
-        cancel (it may raise) in what is the slowest step of scoring.
+        settle_below: the bank's gate; a query whose check value is below it keeps its
+        unrefined pose (settled) and is not refined. keep_checked: also return every
+        query's unrefined alignment, so that settle(aligned, checked, gate) gives what a
+        run with settle_below=gate gives. progress.update(done, n) follows each query: progress,
+        and a place to cancel (it may raise) in what is the slowest step of scoring.
         """
         n = len(queries)
         query_images = as_unit_images(queries)
+        gate = -math.inf if settle_below is None else float(settle_below)
+        checks = np.zeros(n)
+        at_check, searched = [], []
         with torch.inference_mode():
-            chosen, chosen_scores, kept_rows = self._shortlists(
-                query_images, bank_thumbnails, candidates, progress
-            )
-        # One batch over every query's shortlisted poses.
-        owner = torch.cat([torch.full((len(p.which),), i) for i, p in enumerate(chosen)])
-        poses = _Poses(
-            *(
-                torch.cat([getattr(p, k) for p in chosen])
-                for k in ("which", "flip", "angle", "stretch", "shift")
-            )
-        )
-        bank_rows = torch.cat(
-            [torch.as_tensor(rows)[p.which] for rows, p in zip(kept_rows, chosen, strict=True)]
-        )
-        scores = torch.cat(chosen_scores)
+            _, query_spread = foreground_moments(query_images)
+            for i in range(n):
+                # Candidate sources overlap; each distinct row is aligned once.
+                rows = np.array(list(dict.fromkeys(np.asarray(candidates[i]).tolist())))
+                c = as_unit_images(bank_thumbnails[rows])
+                _, spread = foreground_moments(c)
+                stretch = stretch_between(query_spread[i], spread, self.settings.stretch_bounds)
+                checks[i], check, best = self._search(query_images[i], c, stretch, gate)
+                at_check.append((i, rows, *check))
+                if best is not None:
+                    searched.append((i, rows, *best))
+                if progress is not None:
+                    progress.update(i + 1, n)
+        checked = _best_per_query(n, *_batched(at_check), checks, settled=True)
+        owner, poses, bank_rows, scores = _batched(searched)
         if self.settings.refine and len(owner):
             images = as_unit_images(bank_thumbnails[bank_rows.numpy()])
             refined, refined_scores = self._refine(query_images[owner], images, poses)
@@ -387,12 +462,35 @@ class Verifier:
                 old, new = getattr(poses, name), getattr(refined, name)
                 mask = better if old.dim() == 1 else better[:, None]
                 setattr(poses, name, torch.where(mask, new, old))
-        scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -1.0))
-        return _best_per_query(n, owner, scores, bank_rows, poses)
+        aligned = _best_per_query(n, owner, poses, bank_rows, scores, checks, settled=False)
+        result = settle(aligned, checked, gate)
+        return (result, checked) if keep_checked else result
 
 
-def _best_per_query(n: int, owner, scores, bank_rows, poses: _Poses) -> Alignments:
-    """The highest-scoring pose of each query (owner[j] is the query of pose j)."""
+def _batched(found: list) -> tuple[torch.Tensor, _Poses, torch.Tensor, torch.Tensor]:
+    """(owner, poses, bank rows, scores) of every query's poses in one batch, from
+    (query, candidate rows, poses, scores) per query."""
+    if not found:
+        empty = torch.zeros(0, dtype=torch.int64)
+        poses = _Poses(empty, empty, torch.zeros(0), torch.ones(0, 2), torch.zeros(0, 2))
+        return empty, poses, empty, torch.zeros(0)
+    owner = torch.cat([torch.full((len(p.which),), i) for i, _, p, _ in found])
+    poses = _Poses(
+        *(
+            torch.cat([getattr(p, k) for _, _, p, _ in found])
+            for k in ("which", "flip", "angle", "stretch", "shift")
+        )
+    )
+    bank_rows = torch.cat([torch.as_tensor(rows)[p.which] for _, rows, p, _ in found])
+    return owner, poses, bank_rows, torch.cat([scores for *_, scores in found])
+
+
+def _best_per_query(
+    n: int, owner, poses: _Poses, bank_rows, scores, checks: np.ndarray, settled: bool
+) -> Alignments:
+    """The highest-scoring pose of each query (owner[j] is the query of pose j); a query
+    with no pose keeps zeros (settle() replaces it)."""
+    scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -1.0))
     out = Alignments(
         ncc=np.zeros(n),
         candidate=np.zeros(n, np.int64),
@@ -400,6 +498,8 @@ def _best_per_query(n: int, owner, scores, bank_rows, poses: _Poses) -> Alignmen
         angle=np.zeros(n),
         scale=np.ones((n, 2)),
         shift=np.zeros((n, 2)),
+        check=np.asarray(checks, np.float64).copy(),
+        settled=np.full(n, settled),
     )
     for i in range(n):
         mine = torch.nonzero(owner == i)[:, 0]
