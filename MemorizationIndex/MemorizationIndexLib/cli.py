@@ -206,7 +206,7 @@ def _check_ray(args) -> bool:
     from .distributed import check_workers, require_ray
 
     check_workers(args.workers, args.ray_address)
-    require_ray()
+    require_ray(data=args.command == "build-bank")
     return True
 
 

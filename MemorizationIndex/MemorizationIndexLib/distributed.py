@@ -50,10 +50,14 @@ TASKS_PER_CPU = 2  # tasks kept in flight per cluster CPU
 _loaded: dict[tuple, tuple] = {}  # per worker process: (bank path, ...) -> (bank, encoder)
 
 
-def require_ray():
-    """The ray module, or a SettingsError that says how to install it."""
+def require_ray(data: bool = False):
+    """The ray module (with Ray Data when `data`: build-bank encodes with it), or a
+    SettingsError that says how to install it."""
     try:
         import ray
+
+        if data:
+            import ray.data  # noqa: F401  (pyarrow, from ray[data])
     except ImportError as exc:
         raise SettingsError(RAY_MISSING) from exc
     return ray

@@ -343,3 +343,16 @@ def test_cuda_path_matches_the_cpu(train):
     for a, b in zip(found["cuda"].features, found["cpu"].features, strict=True):
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert cosine.min() > 0.99
+
+
+def test_build_bank_on_ray_needs_ray_data(train, tmp_path, monkeypatch, capsys):
+    """Ray without its [data] extra: build-bank says how to install it, before any work."""
+    pytest.importorskip("ray")
+    from MemorizationIndexLib.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data -> ImportError
+    out = tmp_path / "bank"
+    code = main(["build-bank", str(train), "--out", str(out), "--workers", "2", "--quiet"])
+    assert code == 2
+    assert "pip install memorization-index[ray]" in capsys.readouterr().err
+    assert not out.exists()
