@@ -18,7 +18,11 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # score keeps each finished volume (scoring/resume.py): the same command continues.
-RESUME_NOTE = {"score": " Run the same command again to resume: finished volumes are kept."}
+# build-bank keeps each encoded volume (pieces.py): the same command continues.
+RESUME_NOTE = {
+    "score": " Run the same command again to resume: finished volumes are kept.",
+    "build-bank": " Run the same command again to resume: encoded volumes are kept.",
+}
 
 
 class TqdmProgress:
@@ -179,6 +183,31 @@ def _build_bank_parser(sub) -> None:
         "subject per volume)",
     )
     _storage_options(b)
+    _ray_options(b, "encode")
+
+
+def _ray_options(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        help=f"{verb} on a local Ray cluster of this many worker processes (needs the [ray] extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help=f"{verb} on a running Ray cluster (see the README; needs the [ray] extra)",
+    )
+
+
+def _check_ray(args) -> bool:
+    """Whether the command runs on Ray; Ray there and the options sound, before any work."""
+    if args.workers is None and not args.ray_address:
+        return False
+    from .distributed import check_workers, require_ray
+
+    check_workers(args.workers, args.ray_address)
+    require_ray(data=args.command == "build-bank")
+    return True
 
 
 def _storage_options(b: argparse.ArgumentParser) -> None:
@@ -215,16 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(s)
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
-    s.add_argument(
-        "--workers",
-        type=int,
-        help="score on a local Ray cluster of this many worker processes (needs the [ray] extra)",
-    )
-    s.add_argument(
-        "--ray-address",
-        metavar="auto|HOST:PORT",
-        help="score on a running Ray cluster (see the README; needs the [ray] extra)",
-    )
+    _ray_options(s, "score")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
     _out_option(d, "folder for the cohort, bank and report", default="demo-output")
@@ -296,8 +316,15 @@ def _build_bank(args, job: Job) -> int:
     )
     # The output is checked before the encoder is loaded (and again by build_bank).
     check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
+    on_ray = _check_ray(args)
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
-    bank = build_bank(args.train_dir, args.out, settings, encoder, job, args.subjects)
+    # Each encoded volume is kept until the bank is written: a killed run resumes.
+    if on_ray:
+        from .distributed import build_on_ray
+
+        bank = build_on_ray(args.train_dir, args.out, settings, encoder, job, args)
+    else:
+        bank = build_bank(args.train_dir, args.out, settings, encoder, job, args.subjects)
     job.progress.close()
     print_bank(bank, args.out)
     return EXIT_OK
@@ -345,11 +372,7 @@ def _score(args, job: Job) -> int:
 
     inputs = (args.bank_dir, args.synth_dir, args.checkpoint)
     check_output(args.out, "report", inputs)  # before the scoring, not after
-    if args.workers is not None or args.ray_address:  # Ray there, options sound: before work
-        from .distributed import check_workers, require_ray
-
-        check_workers(args.workers, args.ray_address)
-        require_ray()
+    _check_ray(args)
     bank = FeatureBank.load(args.bank_dir)
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
     # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).

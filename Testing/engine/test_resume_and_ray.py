@@ -3,28 +3,18 @@ writes the report an uninterrupted run writes; on a local 2-worker Ray cluster t
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from . import kill_points
+
 OUTPUTS = ("slices.csv", "volumes.csv", "summary.json")
 SCORE_ARGS = ["--stride", "3", "--quiet", "--device", "cpu"]
 
-KILL_SCRIPT = """
-import os, signal, sys
-from MemorizationIndexLib.cli import main
-from MemorizationIndexLib.scoring import resume
-after = int(sys.argv[1])
-def kill(where, done):
-    if where == "piece-saved" and done == after:
-        os.kill(os.getpid(), signal.SIGKILL)
-resume._fault_point = kill
-sys.exit(main(sys.argv[2:]))
-"""
+CLI = "from MemorizationIndexLib.cli import main\nsys.exit(main(sys.argv[2:]))\n"
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +54,7 @@ def same_outputs(a: Path, b: Path) -> None:
 
 def killed_after(pieces: int, args: list[str]) -> None:
     """Run the CLI in a child process SIGKILLed once `pieces` volumes are saved."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(pieces), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == -9, proc.stderr
+    kill_points.killed_after(pieces, CLI, args)
 
 
 def resume_folders(out: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,10 +18,11 @@ from ..atomic import check_output
 from ..calibration.combination import Combination
 from ..calibration.null import NullModel, volume_folds
 from ..encoding.encoder import Encoder, EncoderInfo
-from ..encoding.features import FeatureSet, extract_features
+from ..encoding.features import EncodingPlan, FeatureSet, encode_resumable
 from ..errors import InputError, SettingsError
 from ..job import Job
-from ..scans import find_scans_required
+from ..pieces import Runner
+from ..scans import ReadOptions, find_scans_required
 from ..scans.subjects import read_grouping_file, split_duplicates, subject_of
 from ..search.index import QuerySlices, StageResult
 from ..search.verification import settle
@@ -284,12 +286,19 @@ def build_bank(
     encoder: Encoder | None = None,
     job: Job | None = None,
     grouping_file: str | os.PathLike | None = None,
+    runner: Callable[[list, ReadOptions, EncodingPlan], Runner] | None = None,
+    run_settings: dict | None = None,
 ) -> FeatureBank:
     """Training folder -> bank saved in out_dir. Unusable files are skipped and listed in
     the manifest; exact repeats (a second link to a file, the same bytes twice) are left out
     and listed. encoder: from settings.encoder(checkpoint, ...) (default: untrained, for
     testing only); job: progress and Cancel; grouping_file: CSV `path,subject` naming the
-    subject of each volume (else DICOM PatientID, BIDS sub-* folders, or one per volume)."""
+    subject of each volume (else DICOM PatientID, BIDS sub-* folders, or one per volume).
+
+    Encoding is resumable: each encoded volume is kept in `.NAME.resume-KEY` beside out_dir
+    until the bank is written (pieces.py). runner(sources, read_options, plan): where volumes are
+    encoded (default here; a Ray cluster: distributed.py), run_settings what else the
+    encoded volumes depend on (the runner's kind, its device)."""
     settings = settings or BankSettings()
     job = job or Job()
     checkpoint = encoder.info.checkpoint if encoder is not None else None
@@ -302,16 +311,18 @@ def build_bank(
     found_subjects = {(s.path, s.series_uid): subject_of(s, root, grouping) for s in sources}
     encoder = encoder or settings.encoder()
     check_encoder(encoder, settings)
-    train = extract_features(
+    # Each encoded volume is kept beside out_dir until the bank is written: a killed build
+    # started again encodes only the volumes it had not finished (pieces.py).
+    options, plan = settings.read_options(), encoding_plan(settings, len(sources))
+    train, resume = encode_resumable(
         sources,
         encoder,
-        settings.read_options(),
-        flips=settings.flips,
-        flip_budget=settings.null_max_slices,
-        thumbnail_size=settings.thumbnail_size,
-        job=job,
-        stage="Encoding training slices",
-        volume_grid_mm=settings.volume_grid_mm if settings.volume_stage else None,
+        options,
+        plan,
+        out_dir,
+        job,
+        runner(sources, options, plan) if runner else None,
+        run_settings,
     )
     train.skipped = list(skipped) + train.skipped
     job.report(CALIBRATION_STAGE, 0, 1)
@@ -325,4 +336,17 @@ def build_bank(
     job.report(CALIBRATION_STAGE, 1, 1)
     job.check()
     bank.save(out_dir, inputs)
+    resume.remove()
     return bank
+
+
+def encoding_plan(settings: BankSettings, n_sources: int) -> EncodingPlan:
+    """What build-bank keeps of each training volume: the null's flipped views (a sample
+    of null_max_slices), thumbnails, and a compact copy when stage 3 is on."""
+    return EncodingPlan.of(
+        n_sources,
+        settings.flips,
+        settings.null_max_slices,
+        settings.thumbnail_size,
+        settings.volume_grid_mm if settings.volume_stage else None,
+    )

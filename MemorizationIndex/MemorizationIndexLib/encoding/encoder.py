@@ -19,7 +19,13 @@ import torch
 from ..errors import SettingsError
 from ..job import Step
 from .checkpoint import load_mricore_state_dict
-from .preprocessing import NO_BOUNDS, PreprocessSpec, prepare_slices
+from .preprocessing import (
+    NO_BOUNDS,
+    PreprocessSpec,
+    imagenet_stats,
+    prepare_canvas,
+    to_encoder_input,
+)
 from .vit import EncoderConfig, MRICoreEncoder
 
 
@@ -136,6 +142,7 @@ class Encoder:
         self.info = info
         self.spec = spec
         self.batch_size = int(batch_size)
+        self._stats = imagenet_stats(self.device)
 
     @classmethod
     def load(
@@ -161,31 +168,49 @@ class Encoder:
     def layers(self) -> tuple[int, ...]:
         return self.network.layers
 
-    @torch.inference_mode()
     def encode(self, batch: torch.Tensor, progress: Step | None = None) -> list[np.ndarray]:
         """[n, 3, S, S] preprocessed slices -> one float32 [n, D] array per requested layer.
 
         progress.update(done, n) runs before each network batch: callers report progress
         and honour Cancel there, so a large volume never freezes a user interface.
         """
-        outputs: list[list[np.ndarray]] | None = None
+        return to_numpy(self._run(batch, None, progress))
+
+    def encode_canvas(self, canvas: torch.Tensor, progress: Step | None = None):
+        """[n, S, S] slices on the encoder grid in [0, 1] (preprocessing.prepare_canvas) ->
+        one float32 [n, D] tensor per requested layer, left on the encoder's device.
+
+        On CUDA the canvas goes to the device in one copy that does not block the host
+        (pinned memory, see features.prepare_volume) and the ImageNet normalisation runs
+        there; on the CPU every value is the same as encode(to_encoder_input(canvas)).
+        """
+        if self.device.type == "cuda":
+            canvas = canvas.to(self.device, non_blocking=True)
+        return self._run(canvas, lambda chunk: to_encoder_input(chunk, self._stats), progress)
+
+    @torch.inference_mode()
+    def _run(self, batch: torch.Tensor, prepare, progress: Step | None) -> list[torch.Tensor]:
+        """The network over `batch` in batch_size chunks (`prepare` turns a chunk into
+        network input); the layers' outputs, float32, concatenated on the device."""
+        outputs: list[list[torch.Tensor]] | None = None
         for start in range(0, len(batch), self.batch_size):
             if progress is not None:
                 progress.update(start, len(batch))
             chunk = batch[start : start + self.batch_size].to(self.device, non_blocking=True)
+            if prepare is not None:
+                chunk = prepare(chunk)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     layers = self.network(chunk)
             else:
                 layers = self.network(chunk)
-            arrays = [t.float().cpu().numpy() for t in layers]
             if outputs is None:
-                outputs = [[a] for a in arrays]
+                outputs = [[t.float()] for t in layers]
             else:
-                for store, a in zip(outputs, arrays, strict=True):
-                    store.append(a)
+                for store, t in zip(outputs, layers, strict=True):
+                    store.append(t.float())
         assert outputs is not None, "encode() needs at least one slice"
-        return [np.concatenate(parts, axis=0) for parts in outputs]
+        return [torch.cat(parts) for parts in outputs]
 
     def encode_slices(
         self,
@@ -198,5 +223,10 @@ class Encoder:
         """Raw slices [n, rows, cols] (pixel_spacing in mm: row, column) seen through a
         flip -> one float32 [n, D] array per requested layer. Values outside `bounds` (the
         volume's outlier voxels, ScanVolume.intensity_bounds) do not set the intensity range."""
-        batch = prepare_slices(slices, pixel_spacing, self.spec, flip, bounds)
-        return self.encode(batch, progress)
+        canvas = prepare_canvas(slices, pixel_spacing, self.spec, flip, bounds)
+        return to_numpy(self.encode_canvas(canvas, progress))
+
+
+def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Features on any device -> numpy arrays (one copy to the host each)."""
+    return [t.cpu().numpy() for t in tensors]

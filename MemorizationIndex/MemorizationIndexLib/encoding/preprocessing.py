@@ -78,27 +78,39 @@ def fit_to_grid(slices: np.ndarray, pixel_spacing: tuple[float, float], size: in
     return canvas
 
 
-def to_encoder_input(canvas: torch.Tensor) -> torch.Tensor:
-    """[n, S, S] in [0, 1] -> [n, 3, S, S] normalised with ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=canvas.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=canvas.dtype).view(1, 3, 1, 1)
+def imagenet_stats(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as float32 [1, 3, 1, 1] tensors on a device (made once by the
+    encoder: creating them on a GPU is a copy that waits for the device)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def to_encoder_input(
+    canvas: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """[n, S, S] float32 in [0, 1] -> [n, 3, S, S] normalised with ImageNet statistics, on
+    the canvas's device (stats: imagenet_stats of that device; the encoder does this step on
+    the GPU, where it is one kernel)."""
+    mean, std = stats if stats is not None else imagenet_stats(canvas.device)
     return (canvas.unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
 
 
-def prepare_slices(
+def prepare_canvas(
     slices: np.ndarray,
     pixel_spacing: tuple[float, float],
     spec: PreprocessSpec,
     flip: str = "none",
     bounds: tuple[float, float] = NO_BOUNDS,
 ) -> torch.Tensor:
-    """The whole chain for a stack of raw slices: [n, rows, cols] -> [n, 3, S, S]."""
+    """The chain up to the encoder grid: [n, rows, cols] -> [n, S, S] in [0, 1] (a third of
+    the network input's bytes; to_encoder_input makes the rest)."""
     scaled = np.stack([min_max(s, bounds) for s in slices]) if len(slices) else slices
     if spec.denoise_sigma > 0 and len(slices):
         scaled = ndimage.gaussian_filter(scaled, sigma=(0, spec.denoise_sigma, spec.denoise_sigma))
     if flip_axes(flip):
         scaled = np.flip(scaled, axis=tuple(a + 1 for a in flip_axes(flip)))
-    return to_encoder_input(fit_to_grid(scaled, pixel_spacing, spec.image_size))
+    return fit_to_grid(scaled, pixel_spacing, spec.image_size)
 
 
 def thumbnails(

@@ -78,15 +78,7 @@ class ScanVolume:
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
 
     def slice_infos(self) -> list[SliceInfo]:
-        return [
-            SliceInfo(
-                volume=self.source,
-                series_uid=self.series_uid,
-                slice_index=int(index),
-                position=(float(p[0]), float(p[1]), float(p[2])),
-            )
-            for index, p in zip(self.slice_indices, self.positions, strict=True)
-        ]
+        return slice_infos(self.source, self.series_uid, self.slice_indices, self.positions)
 
     def __len__(self) -> int:
         return int(len(self.slice_indices))
@@ -160,3 +152,18 @@ def quietly(function):
             sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
     return quiet
+
+
+def slice_infos(
+    source: str, series_uid: str, slice_indices: np.ndarray, positions: np.ndarray
+) -> list[SliceInfo]:
+    """The SliceInfo of each kept slice of one volume."""
+    return [
+        SliceInfo(
+            volume=source,
+            series_uid=series_uid,
+            slice_index=int(index),
+            position=(float(p[0]), float(p[1]), float(p[2])),
+        )
+        for index, p in zip(slice_indices, positions, strict=True)
+    ]

@@ -4,40 +4,38 @@ Synthetic volumes are independent given the bank (MI calibrates against the bank
 never against the other synthetic scans), so `score` encodes and scores one volume at a
 time: each volume's rows then depend only on the bank and that volume, whatever else is
 scored with it, in one process or on a Ray worker (stage 2 refines each slice's pose on
-its own, so its result does not depend on the batch either). Each finished volume's
-results are kept in a resume folder beside the output, `.NAME.resume-KEY`, where KEY
-hashes everything the results depend on: the bank (its manifest and file digests), the
-encoder, the synthetic inputs (paths, sizes, times), alpha, stride, device and batch size.
+its own, so its result does not depend on the batch either).
 
-- A piece is written into a temporary folder and renamed into place, so a piece under its
-  final name is complete; its `piece.json` names the key and the volume, and a piece that
-  does not read back whole, or names another run, is computed again.
-- A run with other inputs or settings uses another folder; nothing of it is trusted.
-- When every volume is done the pieces are merged in input order (the dataset summary is
-  computed over all of them, as in one pass), the report is written atomically (atomic.py)
-  and the resume folder, which carries this tool's marker, is removed.
-
-The same pieces come back from Ray workers (distributed.py), so a distributed run resumes
-too, and both paths merge exactly the same way.
+Each finished volume's results are a piece in a resume folder beside the output (pieces.py:
+temporary name then rename, a key that hashes the bank (its manifest and file digests), the
+encoder, the synthetic inputs (paths, sizes, times), alpha, stride, device and batch size).
+When every volume is done the pieces are merged in input order (the dataset summary is
+computed over all of them, as in one pass), the report is written atomically (atomic.py)
+and the resume folder is removed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 
 import numpy as np
 
-from .. import __version__
-from ..atomic import read_marker, write_marker
 from ..encoding.encoder import Encoder
 from ..errors import InputError
 from ..job import Job
+from ..pieces import (  # Piece: a ScoreResult, or None and the reasons the volume was skipped
+    Piece,
+    ResumeFolder,
+    Runner,
+    run_in_pieces,
+    skipped_from_json,
+    skipped_to_json,
+    sources_content,
+)
+from ..pieces import run_key as run_key_of
 from ..scans import ReadOptions, ScanSource, SkippedInput, find_scans_required
 from ..search.verification import Alignments
 from ..search.volume_pose import RigidPose
@@ -45,21 +43,7 @@ from ..search.volume_stage import volume_stage_totals
 from .results import ScoreResult, SliceResult, VolumeResult
 from .score import check_alpha, dataset_summary, encode_queries, score_features
 
-PIECE_FILE = "piece.json"
-ARRAYS_FILE = "arrays.npz"
 SCORING_STAGE = "Scoring synthetic volumes"
-
-
-def _fault_point(where: str, done: int) -> None:
-    """Fault-injection point for tests ("piece-saved" after `done` pieces); does nothing."""
-
-
-@dataclass
-class Piece:
-    """One synthetic volume's outcome: its ScoreResult, or the reasons it was skipped."""
-
-    result: ScoreResult | None
-    skipped: list[SkippedInput] = field(default_factory=list)
 
 
 def run_options(bank, alpha: float, stride: int | None) -> ReadOptions:
@@ -79,88 +63,19 @@ def score_volume(bank, source: ScanSource, encoder: Encoder, options, alpha: flo
     return Piece(score_features(bank, queries, alpha))
 
 
-# ---- the resume folder ---------------------------------------------------------------------
+# ---- the resume folder (pieces.py) --------------------------------------------------------
 def run_key(bank, encoder_info: dict, sources: list[ScanSource], settings: dict) -> str:
     """Hash of everything a volume's results depend on (see the module docstring)."""
-
-    def stat(path: str) -> list:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return [path, None, None]
-        return [path, st.st_size, st.st_mtime_ns]
-
-    content = {
-        "engine": __version__,
-        "bank": os.path.abspath(bank.path or ""),
-        "bank_files": bank.manifest.get("files"),
-        "bank_settings": bank.settings.to_dict(),
-        "encoder": encoder_info,
-        "sources": [
-            [s.path, s.series_uid, [stat(f) for f in (s.files or (s.path,))]] for s in sources
-        ],
-        "settings": settings,
-    }
-    text = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-class ResumeFolder:
-    """The finished pieces of one run: `.NAME.resume-KEY` beside the output NAME."""
-
-    def __init__(self, out: str | os.PathLike, key: str):
-        out = Path(out)
-        self.key = key
-        self.path = out.parent / f".{out.name}.resume-{key}"
-
-    def piece_path(self, i: int) -> Path:
-        return self.path / f"volume-{i:06d}"
-
-    def load(self, i: int) -> Piece | None:
-        """Piece i if it was finished by a run with this key, else None."""
-        folder = self.piece_path(i)
-        try:
-            meta = json.loads((folder / PIECE_FILE).read_text(encoding="utf-8"))
-            if meta.get("key") != self.key or meta.get("index") != i:
-                return None
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            return piece_from(meta, arrays)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, i: int, piece: Piece) -> None:
-        """Write piece i under a temporary name, then rename it into place."""
-        if not self.path.is_dir():
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_marker(self.path, "resume")
-        final = self.piece_path(i)
-        tmp = self.path / f".{final.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        meta, arrays = piece_to(piece)
-        meta.update({"key": self.key, "index": i})
-        with open(tmp / ARRAYS_FILE, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _write_synced(tmp / PIECE_FILE, json.dumps(meta, allow_nan=True))
-        if final.exists():  # a stale or damaged piece of this key: it is ours to replace
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-
-    def remove(self) -> None:
-        """Delete the folder, only when it carries this tool's marker (it wrote it)."""
-        marker = read_marker(self.path)
-        if marker is not None and marker.get("kind") == "resume":
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    return run_key_of(
+        {
+            "bank": os.path.abspath(bank.path or ""),
+            "bank_files": bank.manifest.get("files"),
+            "bank_settings": bank.settings.to_dict(),
+            "encoder": encoder_info,
+            "sources": sources_content(sources),
+            "settings": settings,
+        }
+    )
 
 
 # ---- pieces to files and back --------------------------------------------------------------
@@ -192,7 +107,7 @@ def _row_from_json(cls, values: dict):
 
 def piece_to(piece: Piece) -> tuple[dict, dict[str, np.ndarray]]:
     """(JSON part, arrays) of a piece; every ScoreResult field is kept."""
-    meta = {"skipped": [[s.path, s.reason] for s in piece.skipped], "result": None}
+    meta = {"skipped": skipped_to_json(piece.skipped), "result": None}
     arrays: dict[str, np.ndarray] = {}
     if piece.result is None:
         return meta, arrays
@@ -202,7 +117,7 @@ def piece_to(piece: Piece) -> tuple[dict, dict[str, np.ndarray]]:
         if f.name in _ROWS:
             result[f.name] = [_row_to_json(r) for r in value]
         elif f.name == "skipped":
-            result[f.name] = [[s.path, s.reason] for s in value]
+            result[f.name] = skipped_to_json(value)
         elif isinstance(value, np.ndarray):
             arrays[f.name] = value
         elif isinstance(value, Alignments):
@@ -217,7 +132,7 @@ def piece_to(piece: Piece) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def piece_from(meta: dict, arrays: dict[str, np.ndarray]) -> Piece:
-    skipped = [SkippedInput(p, r) for p, r in meta["skipped"]]
+    skipped = skipped_from_json(meta["skipped"])
     stored = meta["result"]
     if stored is None:
         return Piece(None, skipped)
@@ -226,7 +141,7 @@ def piece_from(meta: dict, arrays: dict[str, np.ndarray]) -> Piece:
         if f.name in _ROWS:
             values[f.name] = [_row_from_json(_ROWS[f.name], r) for r in stored[f.name]]
         elif f.name == "skipped":
-            values[f.name] = [SkippedInput(p, r) for p, r in stored[f.name]]
+            values[f.name] = skipped_from_json(stored[f.name])
         elif f.name in arrays:
             values[f.name] = arrays[f.name]
         elif stored.get(f.name) == "arrays":
@@ -236,6 +151,13 @@ def piece_from(meta: dict, arrays: dict[str, np.ndarray]) -> Piece:
         elif f.name in stored:
             values[f.name] = stored[f.name]
     return Piece(ScoreResult(**values), skipped)
+
+
+class PieceFiles:
+    """The PieceCodec of scoring pieces (pieces.py)."""
+
+    to_parts = staticmethod(piece_to)
+    from_parts = staticmethod(piece_from)
 
 
 # ---- merging -------------------------------------------------------------------------------
@@ -284,11 +206,6 @@ def merge_pieces(bank, pieces: list[Piece], alpha: float, skipped: list[SkippedI
 
 
 # ---- the run -------------------------------------------------------------------------------
-# A runner takes the indices of the volumes still to score and yields (index, Piece) as each
-# finishes, in any order: one process (local_runner) or a Ray cluster (distributed.py).
-Runner = Callable[[list[int]], Iterable[tuple[int, Piece]]]
-
-
 def local_runner(bank, sources, encoder: Encoder, options, alpha: float, job: Job) -> Runner:
     def run(pending: list[int]) -> Iterator[tuple[int, Piece]]:
         for i in pending:
@@ -316,16 +233,6 @@ def score_resumable(
     options = run_options(bank, alpha, stride)
     sources, skipped = find_scans_required(synth_dir)
     settings = {"alpha": alpha, "stride": options.stride, **(run_settings or {})}
-    folder = ResumeFolder(out, run_key(bank, encoder_info, sources, settings))
-    pieces: list[Piece | None] = [folder.load(i) for i in range(len(sources))]
-    pending = [i for i, p in enumerate(pieces) if p is None]
-    step = job.step(SCORING_STAGE, len(sources))
-    done = len(sources) - len(pending)
-    step.update(done)
-    for i, piece in make_runner(sources, options)(pending):
-        folder.save(i, piece)
-        pieces[i] = piece
-        done += 1
-        step.update(done)
-        _fault_point("piece-saved", done)
+    folder = ResumeFolder(out, run_key(bank, encoder_info, sources, settings), PieceFiles())
+    pieces = run_in_pieces(folder, len(sources), make_runner(sources, options), job, SCORING_STAGE)
     return merge_pieces(bank, pieces, alpha, skipped), folder
