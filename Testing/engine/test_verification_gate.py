@@ -176,3 +176,47 @@ def test_a_slice_is_aligned_the_same_whatever_else_is_in_the_batch(cohort):
         assert np.allclose(alone.ncc, together.ncc[part], atol=1e-5, rtol=0)
         assert np.allclose(alone.angle, together.angle[part], atol=1e-3, rtol=0)
         assert np.allclose(alone.shift, together.shift[part], atol=1e-3, rtol=0)
+
+
+def ranked_position_of_sources(verifier: Verifier, n: int = 12) -> list[int]:
+    """Where the ranking puts the true source of copies shifted between pixels (scipy),
+    among the same-position slices of four subjects that share anatomy."""
+    import SimpleITK as sitk
+    from MemorizationIndexLib.search.foreground import (
+        as_unit_images,
+        foreground_moments,
+        stretch_between,
+    )
+
+    from Testing.benchmarks.verification_cost import (
+        BANK_SUBJECTS,
+        SLICES,
+        candidate_rows,
+        subject_slices,
+    )
+
+    template = sitk.GetArrayFromImage(load_template(3.0))
+    bank = np.concatenate([subject_slices(template, s) for s in BANK_SUBJECTS])
+    rng = np.random.default_rng(3)
+    per, s = SLICES.stop - SLICES.start, verifier.settings
+    positions = []
+    for source in rng.choice(len(bank), n, replace=False):
+        moved = ndimage.shift(bank[source].astype(float), rng.uniform(-3, 3, 2), order=1)
+        query = as_unit_images(np.clip(moved, 0, 255).astype(np.uint8)[None])
+        rows = candidate_rows(int(source) % per, int(source), len(BANK_SUBJECTS), rng)
+        images = as_unit_images(bank[rows])
+        stretch = stretch_between(
+            foreground_moments(query)[1][0], foreground_moments(images)[1], s.stretch_bounds
+        )
+        ranked = verifier._pose_peaks(query[0], images, stretch, s.rank_size, s.rank_angles)
+        order = np.argsort(-ranked.flatten(1).max(dim=1).values.numpy(), kind="stable")
+        positions.append(int(np.flatnonzero(rows[order] == source)[0]))
+    return positions
+
+
+def test_a_copy_shifted_between_pixels_keeps_its_source_near_the_top_of_the_ranking():
+    """At the ranking's 24 px a shift between pixels lowers a copy's sampled peak below
+    that of other subjects' slices that sit on the grid; the peak is read between pixels,
+    so the source stays near the top (a sampled peak put one such source 22nd)."""
+    positions = ranked_position_of_sources(Verifier())
+    assert max(positions) <= 2, positions
