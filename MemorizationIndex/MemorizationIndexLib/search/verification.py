@@ -107,17 +107,6 @@ class Alignments:
     def __len__(self) -> int:
         return len(self.ncc)
 
-    def rows(self, which: np.ndarray) -> Alignments:
-        """The alignments of the queries `which` (indices or a boolean mask)."""
-        which = np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which)
-        return Alignments(
-            **{
-                f.name: [v[i] for i in which] if f.name == "flip" else np.asarray(v)[which]
-                for f in fields(self)
-                for v in (getattr(self, f.name),)
-            }
-        )
-
 
 def settle(full: Alignments, coarse: Alignments, gate: float) -> Alignments:
     """What align(settle_below=gate) returns, from an ungated run's full and check
@@ -166,13 +155,17 @@ def _soft_foreground_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _ncc(a, b, mask)
 
 
-def _parabolic_offsets(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor):
-    """Sub-pixel offsets of peaks from their two neighbours (0 when flat or on the edge
-    of the allowed shifts, where a neighbour is -inf)."""
+def _parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor):
+    """The top of the parabola through three samples: its offset from the middle one
+    (clamped to half a pixel) and its rise above it; both 0 when flat or when a neighbour
+    lies outside the allowed shifts (-inf)."""
     denom = left - 2.0 * centre + right
     usable = torch.isfinite(left) & torch.isfinite(right) & (denom < 0)
-    offset = 0.5 * (left - right) / torch.where(usable, denom, torch.ones_like(denom))
-    return torch.where(usable, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+    safe = torch.where(usable, denom, -torch.ones_like(denom))
+    offset = (0.5 * (left - right) / safe).clamp(-0.5, 0.5)
+    rise = -((left - right) ** 2) / (8.0 * safe)
+    zero = torch.zeros_like(denom)
+    return torch.where(usable, offset, zero), torch.where(usable, rise, zero)
 
 
 def best_shifts(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
@@ -192,8 +185,8 @@ def best_shifts(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
     flat = corr.flatten(1).max(dim=1)
     y, x = flat.indices // size, flat.indices % size
     n = torch.arange(len(corr))
-    fy = _parabolic_offsets(corr[n, (y - 1) % size, x], flat.values, corr[n, (y + 1) % size, x])
-    fx = _parabolic_offsets(corr[n, y, (x - 1) % size], flat.values, corr[n, y, (x + 1) % size])
+    fy, _ = _parabola(corr[n, (y - 1) % size, x], flat.values, corr[n, (y + 1) % size, x])
+    fx, _ = _parabola(corr[n, y, (x - 1) % size], flat.values, corr[n, y, (x + 1) % size])
     y = torch.where(y > size // 2, y - size, y)
     x = torch.where(x > size // 2, x - size, x)
     return torch.stack([x + fx, y + fy], dim=1), flat.values / norm
@@ -257,16 +250,7 @@ def _subpixel_peaks(corr: torch.Tensor, max_shift: int) -> torch.Tensor:
     up = torch.where(row == max_shift + 1, -torch.inf, up)
     down = torch.where(row == max_shift, -torch.inf, down)
     left, right = value(row, (col - 1) % size), value(row, (col + 1) % size)
-    return best + _parabolic_rise(up, best, down) + _parabolic_rise(left, best, right)
-
-
-def _parabolic_rise(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor):
-    """How far the top of the parabola through three samples lies above the middle one
-    (0 when flat or when a neighbour is outside the allowed shifts)."""
-    denom = left - 2.0 * centre + right
-    usable = torch.isfinite(left) & torch.isfinite(right) & (denom < 0)
-    rise = -((left - right) ** 2) / (8.0 * torch.where(usable, denom, -torch.ones_like(denom)))
-    return torch.where(usable, rise, torch.zeros_like(rise))
+    return best + _parabola(up, best, down)[1] + _parabola(left, best, right)[1]
 
 
 @dataclass
