@@ -31,7 +31,6 @@ Slices are compared as the bank's uint8 thumbnails (min-max scaled, aspect kept)
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, fields
 
@@ -104,23 +103,20 @@ class Alignments:
         """The stage-2 score the null calibrates: the aligned NCC, SETTLED_SCORE if settled."""
         return np.where(self.settled, SETTLED_SCORE, self.ncc)
 
-    def __len__(self) -> int:
-        return len(self.ncc)
-
 
 def settle(full: Alignments, coarse: Alignments, gate: float) -> Alignments:
     """What align(settle_below=gate) returns, from an ungated run's full and check
     alignments: queries whose check value is below the gate keep their unrefined pose."""
-    out = Alignments(**{f.name: copy.copy(getattr(full, f.name)) for f in fields(full)})
     settled = np.asarray(full.check) < gate
-    for f in fields(full):
-        if f.name in ("check", "settled"):
-            continue
-        target, source = getattr(out, f.name), getattr(coarse, f.name)
-        for i in np.flatnonzero(settled):
-            target[i] = source[i]
-    out.settled = settled
-    return out
+
+    def pick(name: str):
+        mine, theirs = getattr(full, name), getattr(coarse, name)
+        if name == "flip":
+            return [t if s else m for m, t, s in zip(mine, theirs, settled, strict=True)]
+        return np.where(settled.reshape(-1, *[1] * (np.ndim(mine) - 1)), theirs, mine)
+
+    kept = {f.name: pick(f.name) for f in fields(full) if f.name not in ("check", "settled")}
+    return Alignments(**kept, check=np.array(full.check, np.float64), settled=settled)
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
