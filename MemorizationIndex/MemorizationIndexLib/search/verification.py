@@ -168,16 +168,14 @@ def best_shifts(query: torch.Tensor, variants: torch.Tensor, max_shift: int):
     """Shift (dx, dy) maximising the cross-correlation of each variant with the query, and
     the normalised peak; sub-pixel by a parabola through the peak's neighbours."""
     size = query.shape[-1]
-    q = query - query.mean()
-    v = variants - variants.mean(dim=(-2, -1), keepdim=True)
-    corr = torch.fft.irfft2(
-        torch.fft.rfft2(q)[None] * torch.conj(torch.fft.rfft2(v)), s=(size, size)
-    )
+    spectrum_q, energy_q = _centred_spectra(query)
+    spectrum_v, energy_v = _centred_spectra(variants)
+    corr = torch.fft.irfft2(spectrum_q[None] * torch.conj(spectrum_v), s=(size, size))
     idx = torch.arange(size)
     far = (idx > max_shift) & (idx < size - max_shift)
     corr[:, far, :] = -torch.inf
     corr[:, :, far] = -torch.inf
-    norm = torch.sqrt((q * q).sum() * (v * v).sum(dim=(-2, -1))).clamp_min(1e-8)
+    norm = torch.sqrt((energy_q * energy_v).clamp_min(1e-16))
     flat = corr.flatten(1).max(dim=1)
     y, x = flat.indices // size, flat.indices % size
     n = torch.arange(len(corr))
