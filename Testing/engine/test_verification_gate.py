@@ -72,6 +72,8 @@ def test_gated_run_equals_an_ungated_run_settled_afterwards(gated):
     give the same alignments: the null and the scores are the same statistic."""
     full, checked, gate, result, _ = gated
     after = settle(full, checked, gate)
+    assert checked.settled.all()  # the check alignments are what a settled slice keeps
+    assert np.array_equal(checked.check, full.check)
     assert np.array_equal(result.settled, full.check < gate)
     assert np.array_equal(after.settled, result.settled)
     assert np.array_equal(after.candidate, result.candidate)
@@ -86,6 +88,7 @@ def test_settled_slices_keep_the_check_pose_and_score_as_the_lowest_ncc(gated):
     settled = np.flatnonzero(result.settled)
     assert len(settled) > 0
     assert np.all(result.score[settled] == SETTLED_SCORE)
+    assert SETTLED_SCORE == -1.0  # the lowest NCC: every null slice reaches it, so p2 = 1
     assert np.array_equal(result.candidate[settled], checked.candidate[settled])
     assert np.array_equal(result.ncc[settled], checked.ncc[settled])
     assert [result.flip[i] for i in settled] == [checked.flip[i] for i in settled]
