@@ -30,6 +30,7 @@ from MemorizationIndexLib.search.verification import (
     best_shifts,
     foreground_ncc,
     peak_correlations,
+    settle,
 )
 from scipy import ndimage
 
@@ -233,6 +234,8 @@ BOX_CASES = {
     "shift x": ((0.0, (1.0, 1.0), (5.0, 0.0)), (0.0, (1.0, 1.0), (0.0, 0.0))),
     "shift y": ((0.0, (1.0, 1.0), (0.0, -5.0)), (0.0, (1.0, 1.0), (0.0, 0.0))),
     "stretch y bound": ((0.0, (1.0, 1.45), (0.0, 0.0)), (0.0, (1.0, 1.25), (0.0, 0.0))),
+    "stretch x bound": ((0.0, (1.45, 1.0), (0.0, 0.0)), (0.0, (1.25, 1.0), (0.0, 0.0))),
+    "stretch x low bound": ((0.0, (0.7, 1.0), (0.0, 0.0)), (0.0, (0.83, 1.0), (0.0, 0.0))),
 }
 
 
@@ -264,8 +267,10 @@ def test_refinement_stops_at_the_edge_of_its_box(slice_64, case):
         "shift x": began["shift x"] + s.refine_shift,
         "shift y": began["shift y"] - s.refine_shift,
         "stretch y bound": s.stretch_bounds[1],
+        "stretch x bound": s.stretch_bounds[1],
+        "stretch x low bound": s.stretch_bounds[0],
     }[case]
-    name = case.removesuffix(" bound")
+    name = case.removesuffix(" bound").removesuffix(" low")
     assert found.pop(name) == pytest.approx(edge, abs=1e-4)
     near = {"angle": 3.0, "stretch x": 0.05, "stretch y": 0.05, "shift x": 1.5, "shift y": 1.5}
     for other, value in found.items():  # the parameters the copy does not pull on
@@ -322,13 +327,14 @@ def reference_refinement(settings, query, image, start):
     return as_parameters(p[0], np.exp(p[1:3] / 100), p[3:5])
 
 
-@pytest.mark.parametrize("iterations", [30, 7])
-def test_refinement_equals_projected_adam_written_with_torch_optim(slice_64, iterations):
+@pytest.mark.parametrize("iterations, step", [(30, 0.5), (7, 0.5), (8, 3.0)])
+def test_refinement_equals_projected_adam_written_with_torch_optim(slice_64, iterations, step):
     """The batched hand-written Adam (one pose's moments, step and box its own) lands
-    where torch.optim.Adam, stepped and projected pose by pose, lands."""
-    s = VerifySettings(refine_iterations=iterations)
+    where torch.optim.Adam, stepped and projected pose by pose, lands. With steps of 3
+    units the iterates overshoot, so the best one is not the last."""
+    s = VerifySettings(refine_iterations=iterations, refine_step=step)
     query = ndimage_posed(slice_64, "none", 5.0, (1.08, 0.96), (1.5, -1.0))
-    start = (2.0, (1.0, 1.0), (0.0, 0.0))
+    start = (2.0, (1.03, 0.98), (0.5, 0.0))
     poses, _ = refine(s, slice_64, query, *start)
     found = as_parameters(poses.angle[0], poses.stretch[0], poses.shift[0])
     expected = reference_refinement(s, query, slice_64, start)
@@ -438,3 +444,56 @@ def test_without_a_gate_no_slice_is_settled_whatever_its_check_value(slice_64):
     result = NegativeCheck().align(query, slice_64[None], np.array([[0]]))
     assert result.check[0] == -0.3
     assert not result.settled[0] and result.score[0] == result.ncc[0] > 0.9
+
+
+def test_a_check_value_equal_to_the_gate_is_not_settled(slice_64):
+    """Settled means below the gate, in scoring (settle_below) and in the null (settle)
+    alike: a query whose check value is the gate itself is refined in both."""
+    query = ndimage_posed(slice_64, "none", 6.0, (1.0, 1.0), (1.0, -1.0))[None]
+    bank, candidates = np.stack([slice_64, np.flipud(slice_64)]), np.array([[0, 1]])
+    full, checked = Verifier().align(query, bank, candidates, keep_checked=True)
+    gate = float(full.check[0])
+    assert not settle(full, checked, gate).settled[0]
+    assert not Verifier().align(query, bank, candidates, settle_below=gate).settled[0]
+    assert settle(full, checked, np.nextafter(gate, 2.0)).settled[0]
+
+
+def test_when_every_query_is_settled_none_is_refined(slice_64, monkeypatch):
+    """A gate above every check value: each query keeps its check alignment, and the
+    refinement never runs."""
+    queries = np.stack(
+        [ndimage_posed(slice_64, "none", a, (1.0, 1.0), (0.0, 0.0)) for a in (4, -6)]
+    )
+    bank, candidates = np.stack([slice_64, np.flipud(slice_64)]), np.array([[0, 1], [1, 0]])
+    _, checked = Verifier().align(queries, bank, candidates, keep_checked=True)
+    monkeypatch.setattr(Verifier, "_refine", lambda *a: pytest.fail("refined a settled query"))
+    result = Verifier().align(queries, bank, candidates, settle_below=2.0)
+    assert result.settled.all() and (result.score == -1.0).all()
+    assert result.ncc.tolist() == checked.ncc.tolist()
+    assert result.angle.tolist() == checked.angle.tolist()
+
+
+def test_without_refinement_a_pose_sits_on_the_search_grid(slice_64):
+    """refine=False: the pose is the coarse search's. A copy turned halfway between the
+    ranking's 5 degree steps is found at its angle on the 2.5 degree grid, which only the
+    search near the ranking's best angle tries."""
+    query = ndimage_posed(slice_64, "none", -7.5, (1.0, 1.0), (0.0, 0.0))[None]
+    settings = VerifySettings(refine=False)
+    result = Verifier(settings).align(query, slice_64[None], np.array([[0]]))
+    assert result.angle[0] == -7.5
+    assert result.ncc[0] > 0.97
+
+
+def test_progress_follows_each_query():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, done, of=None):
+            self.calls.append((done, of))
+
+    rng = np.random.default_rng(10)
+    bank = (rng.uniform(0, 255, (3, 24, 24))).astype(np.uint8)
+    recorder = Recorder()
+    Verifier().align(bank, bank, np.array([[0, 1], [1, 2], [2, 0]]), progress=recorder)
+    assert recorder.calls == [(1, 3), (2, 3), (3, 3)]
