@@ -327,17 +327,26 @@ def reference_refinement(settings, query, image, start):
     return as_parameters(p[0], np.exp(p[1:3] / 100), p[3:5])
 
 
-@pytest.mark.parametrize("iterations, step", [(30, 0.5), (7, 0.5), (8, 3.0)])
-def test_refinement_equals_projected_adam_written_with_torch_optim(slice_64, iterations, step):
+@pytest.mark.parametrize(
+    "iterations, step, inverted",
+    [(30, 0.5, False), (7, 0.5, False), (8, 3.0, False), (10, 0.5, True)],
+)
+def test_refinement_equals_projected_adam_written_with_torch_optim(
+    slice_64, iterations, step, inverted
+):
     """The batched hand-written Adam (one pose's moments, step and box its own) lands
     where torch.optim.Adam, stepped and projected pose by pose, lands. With steps of 3
-    units the iterates overshoot, so the best one is not the last."""
+    units the iterates overshoot, so the best one is not the last; with the head's
+    intensities inverted every NCC is negative, and the best iterate still counts."""
     s = VerifySettings(refine_iterations=iterations, refine_step=step)
     query = ndimage_posed(slice_64, "none", 5.0, (1.08, 0.96), (1.5, -1.0))
+    if inverted:
+        query = np.where(query > 40, 255 - query, 0).astype(np.uint8)
     start = (2.0, (1.03, 0.98), (0.5, 0.0))
-    poses, _ = refine(s, slice_64, query, *start)
+    poses, score = refine(s, slice_64, query, *start)
     found = as_parameters(poses.angle[0], poses.stretch[0], poses.shift[0])
     expected = reference_refinement(s, query, slice_64, start)
+    assert (score < 0) == inverted
     for name, value in expected.items():
         assert found[name] == pytest.approx(value, abs=1e-4), name
 
@@ -497,3 +506,28 @@ def test_progress_follows_each_query():
     recorder = Recorder()
     Verifier().align(bank, bank, np.array([[0, 1], [1, 2], [2, 0]]), progress=recorder)
     assert recorder.calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_the_ranking_passes_on_its_best_candidates():
+    """Nine candidates, the ranking keeps two: the true source (a noisy copy's) is among
+    them wherever it stands in the candidate list, and is the one aligned."""
+    import SimpleITK as sitk
+
+    template = sitk.GetArrayFromImage(load_template(3.0))
+    bank = thumbnails(make_subject(template, 1)[16:43:3], (3.0, 3.0), 64)
+    rng = np.random.default_rng(11)
+    settings = VerifySettings(rank_keep=2)
+    for source in (0, 4, 8):
+        query = ndimage_posed(bank[source], "hflip", 8.0, (1.0, 1.0), (1.0, 2.0))
+        query = np.clip(query + rng.normal(0, 5, query.shape), 0, 255).astype(np.uint8)
+        order = np.roll(np.arange(9), source)[None]
+        result = Verifier(settings).align(query[None], bank, order)
+        assert result.candidate[0] == source and result.ncc[0] > 0.95
+
+
+def test_settings_cannot_change_under_a_bank():
+    """The bank and every scoring run share one VerifySettings: it is frozen."""
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VerifySettings().refine = False
