@@ -49,8 +49,10 @@ from .foreground import (
 )
 
 # Banks store the version of the stage-2 score their null was built with; bump it whenever
-# the score of a pair changes, so an older bank is rebuilt rather than miscalibrated.
-VERIFIER_VERSION = 3
+# the score of a pair or a slice changes, so an older bank is rebuilt rather than
+# miscalibrated. 4: the ranking reads its correlation peaks between pixels, which changes
+# the candidates that reach the full-size comparison, and so some slices' scores.
+VERIFIER_VERSION = 4
 SOFT_EDGE = 0.02  # width of the soft foreground edge the refinement differentiates through
 # Stage-2 score of a slice the check settled: the lowest NCC, so its p-value is 1.
 SETTLED_SCORE = -1.0
