@@ -531,3 +531,42 @@ def test_settings_cannot_change_under_a_bank():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         VerifySettings().refine = False
+
+
+def test_faint_images_correlate_as_strongly_as_bright_ones():
+    """Correlation is blind to intensity scale: a copy at a hundredth of the contrast (sums
+    of squares far below 1) peaks at 1 in both shift searches, and a low-contrast pair's
+    foreground NCC is its correlation."""
+    query = smooth_image(12) * 0.01
+    rolled = np.roll(query, (2, -3), axis=(0, 1))
+    shifts, peaks = best_shifts(as_tensor(query)[0], as_tensor(rolled), 8)
+    assert shifts[0].numpy() == pytest.approx((3.0, -2.0), abs=1e-4)
+    assert float(peaks[0]) == pytest.approx(1.0, abs=1e-4)
+    assert float(peak_correlations(as_tensor(query), as_tensor(rolled), 8)[0, 0]) == (
+        pytest.approx(1.0, abs=1e-4)
+    )
+    rng = np.random.default_rng(13)
+    faint = (0.5 + 0.005 * rng.normal(size=(1, SIZE, SIZE))).astype(np.float32)
+    other = (faint + 0.002 * rng.normal(size=faint.shape)).astype(np.float32)
+    expected = np.corrcoef(faint.ravel(), other.ravel())[0, 1]
+    ncc = foreground_ncc(torch.from_numpy(faint), torch.from_numpy(other))
+    assert float(ncc[0]) == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_uniform_foreground_scores_zero_not_nan():
+    """A pair with foreground but no variation (a flat disc) has no correlation to speak
+    of: about 0 (what rounding leaves), never NaN (which would poison the null's quantiles)
+    and never the 1 that rounding noise over rounding noise gives."""
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    disc = np.where(np.hypot(rows - 16, cols - 16) < 10, 0.6, 0.0).astype(np.float32)
+    ncc = foreground_ncc(torch.from_numpy(disc[None]), torch.from_numpy(disc[None]))
+    assert abs(float(ncc[0])) < 0.01
+
+
+@pytest.mark.parametrize("angle", [20.0, -20.0])
+def test_the_search_reaches_the_ends_of_its_angle_range(slice_64, angle):
+    """Turns up to 20 degrees either way are searched: with refinement off a copy turned by
+    exactly 20 degrees is found there, not at the nearest inner angle."""
+    query = ndimage_posed(slice_64, "none", angle, (1.0, 1.0), (0.0, 0.0))[None]
+    result = Verifier(VerifySettings(refine=False)).align(query, slice_64[None], np.array([[0]]))
+    assert result.angle[0] == angle
