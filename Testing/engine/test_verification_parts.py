@@ -570,3 +570,14 @@ def test_the_search_reaches_the_ends_of_its_angle_range(slice_64, angle):
     query = ndimage_posed(slice_64, "none", angle, (1.0, 1.0), (0.0, 0.0))[None]
     result = Verifier(VerifySettings(refine=False)).align(query, slice_64[None], np.array([[0]]))
     assert result.angle[0] == angle
+
+
+def test_a_blank_image_correlates_with_nothing():
+    """A blank thumbnail (no signal at all) among the candidates: its peaks are 0 in both
+    shift searches, never NaN, and the other images' peaks are untouched."""
+    query = smooth_image(14)
+    images = as_tensor(np.roll(query, (1, 2), axis=(0, 1)), np.zeros_like(query))
+    _, peaks = best_shifts(as_tensor(query)[0], images, 8)
+    assert peaks.numpy() == pytest.approx([1.0, 0.0], abs=1e-5)
+    every = peak_correlations(as_tensor(query), images, 8)
+    assert every[:, 0].numpy() == pytest.approx([1.0, 0.0], abs=1e-5)
