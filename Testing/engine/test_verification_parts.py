@@ -463,7 +463,9 @@ def test_a_check_value_equal_to_the_gate_is_not_settled(slice_64):
     full, checked = Verifier().align(query, bank, candidates, keep_checked=True)
     gate = float(full.check[0])
     assert not settle(full, checked, gate).settled[0]
-    assert not Verifier().align(query, bank, candidates, settle_below=gate).settled[0]
+    gated = Verifier().align(query, bank, candidates, settle_below=gate)
+    assert not gated.settled[0]
+    assert gated.ncc[0] == pytest.approx(full.ncc[0], abs=1e-6)  # refined, as ungated
     assert settle(full, checked, np.nextafter(gate, 2.0)).settled[0]
 
 
