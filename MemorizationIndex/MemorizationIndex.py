@@ -62,7 +62,8 @@ Overfit/Novelty Index (ONI, negative = copy-like), and inspect each suspected co
 nearest training slice. Building and scoring run in a separate process: Slicer stays
 responsive and Cancel stops them. The module's logic can be scripted from the Python
 console; see the "In 3D Slicer" section of the
-<a href="https://github.com/MemorizationIndex/MemorizationIndex#in-3d-slicer">project README</a>.
+<a href="https://github.com/MemorizationIndex/SlicerMemorizationIndex#in-3d-slicer">project
+README</a>.
 """)
         self.parent.acknowledgementText = _("""
 Method after Deo et al., "A Calibrated Memorization Index (MI) for Detecting Training Data

@@ -8,6 +8,7 @@ import ast
 import json
 import re
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,6 +124,74 @@ def test_catalog_entry_follows_the_extensions_index_schema(extension_cmake):
     assert entry.get("tier", 5) in (1, 3, 5)
     assert isinstance(entry.get("enabled", True), bool)
     assert entry.get("build_subdirectory", ".") == "."
+
+
+# The ExtensionsIndex's own checks (Slicer/ExtensionsIndex at 07f1d1b2, run on this entry with
+# its scripts; README, "Checking a real Slicer"), restated here so a change that would fail
+# them fails first here. Only what needs no network: the index also asks GitHub whether the
+# repository carries the "3d-slicer-extension" topic, and downloads the icon and screenshots.
+INDEX_CATEGORY = "Quantification"  # one of the index's accepted categories
+REPOSITORY_SIZE_LIMIT = 100 * 1024 * 1024  # the index refuses a larger checkout
+
+
+def catalog_text():
+    """The entry's text exactly as stored (bytes decoded, no newline translation)."""
+    return CATALOG_ENTRY.read_bytes().decode("utf-8")
+
+
+def index_formatting(entry):
+    """The entry as the index's formatter writes it: two-space indent, every non-empty array
+    one item per line, keys in the order given, a final newline (all of the index's entries
+    are exactly this)."""
+    return json.dumps(entry, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_catalog_entry_is_formatted_as_the_index_requires():
+    text = catalog_text()
+    assert "\r" not in text and "\t" not in text
+    assert text == index_formatting(json.loads(text)), (
+        "reformat Resources/ExtensionsIndex/MemorizationIndex.json to:\n"
+        + index_formatting(json.loads(text))
+    )
+
+
+def repository_name(scm_url):
+    path = scm_url.strip().rstrip("/").split("://", 1)[-1]
+    return path.rsplit("/", 1)[-1].removesuffix(".git")
+
+
+def test_repository_name_starts_with_slicer_and_extension_name_does_not(extension_cmake):
+    entry = json.loads(catalog_text())
+    assert repository_name(entry["scm_url"]).startswith("Slicer"), entry["scm_url"]
+    # The extension is named by the entry's file name, and project() must give the same name.
+    extension = CATALOG_ENTRY.stem
+    assert not extension.lower().startswith("slicer")
+    assert re.search(rf"^project\(\s*{extension}\s*\)", extension_cmake, re.M)
+
+
+def test_catalog_entry_passes_the_index_offline_checks(extension_cmake):
+    entry = json.loads(catalog_text())
+    assert entry["category"] == INDEX_CATEGORY
+    scheme, _, rest = entry["scm_url"].partition("://")
+    assert rest and scheme in ("git", "https"), entry["scm_url"]
+    assert cmake_value(extension_cmake, "EXTENSION_ICONURL").startswith("http")
+    assert all(
+        u.startswith("http")
+        for u in cmake_value(extension_cmake, "EXTENSION_SCREENSHOTURLS").split()
+    )
+    assert (ROOT / "LICENSE").is_file()
+
+
+def test_repository_checkout_is_below_the_index_size_limit():
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    files = [ROOT / name for name in listed.decode("utf-8").split("\0") if name]
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    assert total < REPOSITORY_SIZE_LIMIT / 2, f"{total / 2**20:.1f} MiB tracked"
 
 
 def png_size(path):
