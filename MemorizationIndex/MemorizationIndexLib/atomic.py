@@ -30,10 +30,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SettingsError
+from .liveness import process_alive
 
 MARKER_NAME = ".memorization-index.json"
 OUTPUT_KINDS = ("bank", "report", "demo")
 _RENAME_EXCHANGE = 2
+_committing = []  # non-empty once this process began swapping a finished output in
+
+
+def commit_started() -> bool:
+    """Whether this process has begun putting a finished output in place. From then on a
+    stop request must let it finish (Slicer's worker asks before it aborts on Cancel):
+    stopping later would report "cancelled" for an output that was in fact replaced."""
+    return bool(_committing)
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -156,12 +165,9 @@ def _owner_alive(name: str, stem: str) -> bool:
     if host != socket.gethostname():
         return True  # another machine's run (shared file system): leave it alone
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        return process_alive(int(pid))
+    except ValueError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recover_output(target: str | os.PathLike) -> None:
@@ -308,6 +314,7 @@ def atomic_directory(
     try:
         yield temp
         write_marker(temp, kind)
+        _committing.append(str(target))
         with _locked(parent, target.name):
             check_output(target, kind, inputs)  # another run may have put something there
             _swap_in(temp, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .errors import MemorizationIndexError
 from .job import VERIFY_STAGE, Job
+from .openmp import allow_duplicate_runtimes
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allow_duplicate_runtimes()  # before torch and faiss are imported (openmp.py)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

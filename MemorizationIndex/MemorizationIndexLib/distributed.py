@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SettingsError
+from .openmp import DUPLICATE_SWITCH, allow_duplicate_runtimes
 from .pieces import Runner, pack, unpack
 from .scoring.resume import local_runner, score_resumable, score_volume
 
@@ -119,7 +120,7 @@ class RayCluster:
                     num_cpus=workers,
                     include_dashboard=False,
                     logging_level="WARNING",
-                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                    runtime_env={"env_vars": {"PYTHONPATH": path, **_openmp_switch()}},
                 )
             self.started = True
 
@@ -349,3 +350,12 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _openmp_switch() -> dict[str, str]:
+    """Ray's workers import torch and faiss too: the same OpenMP switch (openmp.py)."""
+    environ = (
+        {DUPLICATE_SWITCH: os.environ[DUPLICATE_SWITCH]} if DUPLICATE_SWITCH in os.environ else {}
+    )
+    allow_duplicate_runtimes(environ)
+    return environ
