@@ -10,9 +10,11 @@ responsive; the engine (MemorizationIndexLib) is never imported when Slicer load
 
 import logging
 import os
+import typing
 from pathlib import Path
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -23,7 +25,14 @@ from MemorizationIndexSlicer.volumes import shortName
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import (
+    Choice,
+    GuiConnector,
+    WithinRange,
+    parameterNodeGuiConnector,
+    parameterNodeWrapper,
+    unannotatedType,
+)
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -73,6 +82,57 @@ geometry-robust matching. MRI-CORE weights by the Mazurowski lab (Duke Universit
 
 
 #
+# OptionalPathLineEditConnector
+#
+
+# A path setting that starts empty. (`Path | None` is the same type: Slicer 5.10 turns it
+# into this typing.Union before it looks for a connector.)
+OptionalPath = typing.Optional[Path]  # noqa: UP045
+
+
+@parameterNodeGuiConnector
+class OptionalPathLineEditConnector(GuiConnector):
+    """Binds an optional path (None until the user chooses one) to a ctkPathLineEdit,
+    showing None as an empty field. Slicer's own connector binds only a plain Path, whose
+    unset value, Path(), shows as "." and reads back as the current folder."""
+
+    @staticmethod
+    def canRepresent(widget, datatype):
+        return type(widget) is ctk.ctkPathLineEdit and unannotatedType(datatype) == OptionalPath
+
+    @staticmethod
+    def create(widget, datatype):
+        if OptionalPathLineEditConnector.canRepresent(widget, datatype):
+            return OptionalPathLineEditConnector(widget)
+        return None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self):
+        return pathFromText(self._widget.currentPath)
+
+    def write(self, value):
+        self._widget.currentPath = "" if value is None else str(value)
+
+
+def pathFromText(text):
+    """A path field's text as a Path, None when it is empty (or only blanks)."""
+    text = (text or "").strip()
+    return Path(text) if text else None
+
+
+#
 # MemorizationIndexParameterNode
 #
 
@@ -81,25 +141,25 @@ geometry-robust matching. MRI-CORE weights by the Mazurowski lab (Duke Universit
 class MemorizationIndexParameterNode:
     """The panel's settings; each is bound to the widget whose SlicerParameterName names it."""
 
-    trainingFolder: Path
-    checkpointFile: Path
-    bankFolder: Path
+    # Paths start empty (None), not as Path(), which a path field would show as ".".
+    trainingFolder: OptionalPath = None
+    checkpointFile: OptionalPath = None
+    bankFolder: OptionalPath = None
     device: Annotated[str, Choice(DEVICES)] = "auto"
     imageSize: Annotated[int, WithinRange(16, 1024)] = 224
     sliceAxis: Annotated[str, Choice(AXES)] = "axial"
     stride: Annotated[int, WithinRange(1, 64)] = 1
     scoreInput: Annotated[str, Choice([SCORE_FROM_VOLUME, SCORE_FROM_FOLDER])] = SCORE_FROM_VOLUME
     syntheticVolume: vtkMRMLScalarVolumeNode
-    syntheticFolder: Path
+    syntheticFolder: OptionalPath = None
     alpha: Annotated[float, WithinRange(0.0001, 0.5)] = 0.01
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     sideBySide: bool = False
 
 
 def _pathOrNone(path):
-    """A path from the panel, or None when the field is empty (an empty Path reads '.')."""
-    text = str(path) if path is not None else ""
-    return None if text in ("", ".") else text
+    """A path setting as text for the logic, or None when it is not set."""
+    return None if path is None or not str(path).strip() else str(path)
 
 
 #
@@ -156,10 +216,13 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._showResult(None)
 
     def cleanup(self):
-        if self._job is not None:
-            self._job.cancel()
+        # The module is going away (Slicer closing): stop the worker and all it started,
+        # now, since no timer will poll it again.
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if self._job is not None:
+            self._job.stop()
+            self._job = None
         self.removeObservers()
 
     def enter(self):
@@ -359,11 +422,29 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._onJobDone = None
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
+        try:
+            self._showOutcome(job, state, onDone)
+        finally:
+            self._updateButtons()  # Build, Load and Score come back whatever happened
+
+    def _showOutcome(self, job, state, onDone):
         if state == SUCCEEDED:
-            self.ui.statusLabel.text = _("{title}: done.").format(title=job.title)
+            if job.child.cancelRequested:
+                text = _("{title}: done (it had finished before Cancel could stop it).")
+            else:
+                text = _("{title}: done.")
+            self.ui.statusLabel.text = text.format(title=job.title)
             if onDone is not None:
-                with slicer.util.tryWithErrorDisplay(_("Could not show the results.")):
-                    onDone(job.value)
+                try:
+                    # tryWithErrorDisplay shows the error, then raises it again: a timer slot
+                    # must not let it escape.
+                    with slicer.util.tryWithErrorDisplay(_("Could not show the results.")):
+                        onDone(job.value)
+                except Exception:
+                    logging.error("MemorizationIndex: showing the results failed", exc_info=True)
+                    self.ui.statusLabel.text = _(
+                        "{title}: done, but the results could not be shown."
+                    ).format(title=job.title)
         elif state == CANCELLED:
             self.ui.statusLabel.text = _("{title}: cancelled.").format(title=job.title)
         else:
@@ -374,7 +455,6 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 _("{title} failed: {message}").format(title=job.title, message=exc),
                 detailedText=getattr(exc, "workerLog", "") or None,
             )
-        self._updateButtons()
 
     def onCancel(self):
         if self._job is not None:
@@ -401,8 +481,8 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _bankLoaded(self, bank):
         if bank is not None:
-            self._parameterNode.imageSize = bank.settings.image_size
-            self._parameterNode.sliceAxis = bank.settings.axis
+            self._parameterNode.imageSize = bank.image_size
+            self._parameterNode.sliceAxis = bank.axis
         self._updateBankStatus()
         self._updateButtons()
 

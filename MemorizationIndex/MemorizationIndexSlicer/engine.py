@@ -7,7 +7,8 @@ file to re-point.
 
 Tasks run by the child process (see process.py) are JSON objects:
 
-    {"task": "build", "training": folder, "bank": folder, "settings": {...BankSettings},
+    {"task": "build", "training": folder, "bank": folder, "settings": {...BankSettings} or
+     null for the defaults with "imageSize": 224, "axis": "axial", "stride": 1,
      "encoderConfig": {...EncoderConfig} or null, "checkpoint": file or null,
      "device": "auto", "batchSize": 32}
     {"task": "score", "bank": folder, "volumes": [{"file": nrrd, "name": node name}, ...]
@@ -74,6 +75,10 @@ def bankSettings(imageSize=224, axis="axial", stride=1, settings=None):
 
 
 def settingsDict(settings):
+    """Bank settings (a BankSettings, its dict, or None for the defaults) as the JSON the
+    worker reads; never imports the engine's settings module (it imports torch)."""
+    if settings is None or isinstance(settings, dict):
+        return settings
     return settings.to_dict()
 
 
@@ -108,9 +113,7 @@ def volumePoseLPS(volumeRow):
 
 def volumePoseText(volumeRow):
     """The volume stage's finding in words ("" without it), as the report writes it."""
-    from MemorizationIndexLib.report.html import volume_pose_text
-
-    return volume_pose_text(volumeRow)
+    return volumeRow.pose_text()
 
 
 def buildBank(
@@ -135,10 +138,29 @@ def buildBank(
 
 
 def loadBank(bankFolder):
-    """A saved bank (BankError if the folder is not one)."""
+    """A saved bank, loaded in full (BankError if the folder is not one). In the worker
+    process only: it imports torch and faiss."""
     from MemorizationIndexLib.bank.feature_bank import FeatureBank
 
     return FeatureBank.load(bankFolder)
+
+
+def bankSummary(bankFolder):
+    """What Slicer's process knows of a bank: its manifest, read without torch or faiss
+    (BankError if the folder is not a bank); the worker checks its files when it uses it."""
+    from MemorizationIndexLib.bank.summary import read_bank_summary
+
+    return read_bank_summary(bankFolder)
+
+
+def childEnvironment(environ=None):
+    """The environment of a worker process: this one's, plus the switch that lets torch's
+    and faiss's OpenMP runtimes load side by side there (MemorizationIndexLib/openmp.py)."""
+    from MemorizationIndexLib.openmp import allow_duplicate_runtimes
+
+    environ = dict(os.environ if environ is None else environ)
+    allow_duplicate_runtimes(environ)
+    return environ
 
 
 def partialOutputs(target):
@@ -159,6 +181,21 @@ def recoverOutput(target):
     recover_output(target)
 
 
+def commitStarted():
+    """Whether this (worker) process began putting a finished output in place; a Cancel
+    after that point lets it finish (MemorizationIndexLib/atomic.py)."""
+    from MemorizationIndexLib.atomic import commit_started
+
+    return commit_started()
+
+
+def processAlive(pid):
+    """Whether a process exists (a check that is safe on Windows too)."""
+    from MemorizationIndexLib.liveness import process_alive
+
+    return process_alive(pid)
+
+
 # ---- scans ----------------------------------------------------------------------------------
 def readCanonicalImage(path, seriesUid=""):
     """A scan read by the engine's own reader: the SimpleITK image in its canonical (LPS)
@@ -171,15 +208,11 @@ def readCanonicalImage(path, seriesUid=""):
     return volume.image
 
 
-def scanFromImage(image, name, bank, stride=None):
+def scanFromImage(image, name, axis, minForeground, stride=None):
     """The engine's view of an image: canonical slices along the bank's axis."""
     from MemorizationIndexLib.scans import ReadOptions, scan_from_image
 
-    options = ReadOptions(
-        axis=bank.settings.axis,
-        stride=int(stride or 1),
-        min_foreground=bank.settings.min_foreground,
-    )
+    options = ReadOptions(axis=axis, stride=int(stride or 1), min_foreground=minForeground)
     return scan_from_image(image, name, options)
 
 
@@ -223,10 +256,16 @@ def runTask(task, progress=None, cancel=None):
     """Run one task (see the module docstring) and return a JSON-able summary of it."""
     kind = task.get("task")
     if kind == "build":
+        settings = bankSettings(
+            task.get("imageSize", 224),
+            task.get("axis", "axial"),
+            task.get("stride", 1),
+            task.get("settings"),
+        )
         bank = buildBank(
             task["training"],
             task["bank"],
-            task.get("settings") or {},
+            settings,
             checkpoint=task.get("checkpoint"),
             device=task.get("device", "auto"),
             batchSize=task.get("batchSize", 32),
@@ -242,8 +281,15 @@ def runTask(task, progress=None, cancel=None):
         if task.get("folder"):
             inputs = task["folder"]
         else:
+            s = bank.settings
             inputs = [
-                scanFromImage(sitk.ReadImage(v["file"]), v["name"], bank, task.get("stride"))
+                scanFromImage(
+                    sitk.ReadImage(v["file"]),
+                    v["name"],
+                    s.axis,
+                    s.min_foreground,
+                    task.get("stride"),
+                )
                 for v in task["volumes"]
             ]
         result = score(
@@ -261,8 +307,11 @@ def runTask(task, progress=None, cancel=None):
             writeReport(result, bank, task["report"], (task["bank"], task.get("folder")))
         resultFile = Path(task["resultFile"])
         partial = resultFile.with_name(resultFile.name + ".partial")
+        # Without stage 2's per-slice alignment arrays (their class imports torch; the
+        # slice rows carry the poses Slicer places matches by): Slicer loads this file.
+        forSlicer = dataclasses.replace(result, alignment=None)
         with open(partial, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(forSlicer, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(partial, resultFile)
         return {
             "resultFile": str(resultFile),
@@ -273,6 +322,7 @@ def runTask(task, progress=None, cancel=None):
 
 
 def loadResult(resultFile):
-    """The ScoreResult the child process pickled (same Python, same engine)."""
+    """The ScoreResult the child process pickled (same Python, same engine); loading it
+    imports neither torch nor faiss."""
     with open(resultFile, "rb") as f:
         return pickle.load(f)

@@ -77,7 +77,11 @@ class MemorizationIndexSceneLogic:
                         "MemorizationIndex: could not recover %s", output, exc_info=True
                     )
 
-        child = ChildProcess(workerCommand(taskFile, self.pythonExecutable), onProgress=onProgress)
+        child = ChildProcess(
+            workerCommand(taskFile, self.pythonExecutable),
+            env=engine.childEnvironment(),
+            onProgress=onProgress,
+        )
         try:
             child.start()
         except OSError:
@@ -101,18 +105,20 @@ class MemorizationIndexSceneLogic:
         onProgress=None,
     ):
         """Start encoding a folder of training scans into a bank in bankFolder; returns the
-        Job, whose value is the loaded FeatureBank.
+        Job, whose value is the bank's summary (see loadBank).
 
         `settings` (an engine BankSettings or its dict) sets everything; without it,
         imageSize, axis and stride change the defaults. `encoderConfig` (an engine
         EncoderConfig) replaces MRI-CORE's ViT-B, for tests.
         """
-        settings = engine.bankSettings(imageSize, axis, stride, settings)
         task = {
             "task": "build",
             "training": str(trainingFolder),
             "bank": str(bankFolder),
             "settings": engine.settingsDict(settings),
+            "imageSize": int(imageSize),
+            "axis": axis,
+            "stride": int(stride),
             "encoderConfig": engine.encoderConfigDict(encoderConfig),
             "checkpoint": str(checkpoint) if checkpoint else None,
             "device": device,
@@ -128,31 +134,25 @@ class MemorizationIndexSceneLogic:
 
     def buildBank(self, trainingFolder, bankFolder, progress=None, cancel=None, **options):
         """Build a bank in a child process and wait for it (see startBuildBank); returns the
-        FeatureBank, loaded here."""
+        bank's summary (see loadBank)."""
         return self.startBuildBank(trainingFolder, bankFolder, **options).wait(progress, cancel)
 
     def loadBank(self, bankFolder):
-        """Load a saved bank (BankError if the folder is not one)."""
-        self.bank = engine.loadBank(bankFolder)
+        """Use a saved bank (BankError if the folder is not one). Slicer's process reads
+        only its manifest (the engine's BankSummary: size, axis, image size, encoder) and
+        never imports torch or faiss; the worker process loads the bank and checks every
+        file of it when it scores. For the full bank in a script outside the panel:
+        `MemorizationIndexLib.load_bank(folder)`."""
+        self.bank = engine.bankSummary(bankFolder)
         return self.bank
 
     def bankDescription(self, bank=None):
         """One line on the loaded bank, for the panel and the console."""
         bank = bank or self.bank
-        if bank is None:
-            return "No bank loaded."
-        s = bank.settings
-        text = (
-            f"{len(bank)} slices of {len(bank.volumes)} training volumes "
-            f"({s.axis}, {s.image_size} px, layers {', '.join(map(str, s.layers))}); "
-            f"encoder: {bank.encoder_info.get('name')}; {bank.index_kind} index"
-        )
-        if not bank.trained_encoder and "untrained" not in text.lower():
-            text += ". UNTRAINED encoder: results are for testing the pipeline only."
-        return text
+        return "No bank loaded." if bank is None else bank.description()
 
     def bankAxis(self):
-        return self.bank.settings.axis if self.bank is not None else "axial"
+        return self.bank.axis if self.bank is not None else "axial"
 
     def _requireBank(self):
         if self.bank is None:
@@ -166,10 +166,12 @@ class MemorizationIndexSceneLogic:
     # ---- scoring ---------------------------------------------------------------------------
     def scanFromVolumeNode(self, volumeNode, stride=None, name=None):
         """The engine's view of a volume node: canonical slices along the bank's axis."""
+        bank = self._requireBank()
         return engine.scanFromImage(
             volumes.imageFromVolumeNode(volumeNode),
             name or volumeNode.GetName(),
-            self._requireBank(),
+            bank.axis,
+            bank.min_foreground,
             stride,
         )
 

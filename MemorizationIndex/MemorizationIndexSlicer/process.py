@@ -15,6 +15,12 @@ it, reads both streams on threads, and hands everything over in `poll()`, which 
 blocks: the module's panel calls it from a qt.QTimer, the console API in a loop (`wait`).
 Nothing here imports qt or slicer, so the runner is tested as it is.
 
+Stopping reaches the whole process tree. Inside Slicer the child is the launcher
+PythonSlicer, which starts python-real as its own child and forwards no signal, so the
+child leads a process group of its own and Cancel signals the group (Windows: ends the
+tree). A child still running when this process exits is stopped with it, and the worker
+stops by itself when the process that started it is gone (a crash of Slicer).
+
 Run the child by hand (what the runner starts):
 
     PythonSlicer MemorizationIndex/MemorizationIndexSlicer/process.py TASK.json
@@ -22,6 +28,8 @@ Run the child by hand (what the runner starts):
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import collections
 import json
 import math
@@ -33,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 RUNNING = "running"
@@ -42,6 +51,8 @@ CANCELLED = "cancelled"
 EXIT_ERROR = 1
 EXIT_CANCELLED = 3
 LOG_TAIL_LINES = 200
+PARENT_PID_VARIABLE = "MEMORIZATION_INDEX_PARENT_PID"
+PARENT_CHECK_SECONDS = 1.0
 MODULE_DIR = Path(__file__).resolve().parents[1]  # holds MemorizationIndexLib and this package
 
 
@@ -97,17 +108,27 @@ class ChildProcess:
         self._queue = queue.Queue()
         self._proc = None
         self._cancelledAt = None
+        self._exitedAt = None
         self._killed = False
         self._openStreams = 0
 
     # ---- start ------------------------------------------------------------------------------
     def start(self):
+        """Start the child in a process group of its own (POSIX: a new session; Windows: a
+        new process group), so that Cancel reaches everything it starts: inside Slicer the
+        child is the launcher PythonSlicer, which runs python-real as its own child and
+        forwards no signal to it."""
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["PYTHONIOENCODING"] = "utf-8"
+        env[PARENT_PID_VARIABLE] = str(os.getpid())  # the worker stops when we are gone
         options = {}
         if os.name == "nt":  # no console window (as slicer.util.launchConsoleProcess does)
-            options["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            options["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(
+                subprocess, "CREATE_NEW_PROCESS_GROUP", 0
+            )
+        else:
+            options["start_new_session"] = True
         self._proc = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
@@ -122,6 +143,7 @@ class ChildProcess:
             **options,
         )
         self.state = RUNNING
+        _running.add(self)
         self._openStreams = 2
         for name, stream in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
             threading.Thread(target=self._read, args=(name, stream), daemon=True).start()
@@ -143,7 +165,12 @@ class ChildProcess:
 
     # ---- poll -------------------------------------------------------------------------------
     def poll(self):
-        """Take what the child wrote so far; return the state (RUNNING until it ended)."""
+        """Take what the child wrote so far; return the state (RUNNING until it ended).
+
+        The child has ended when its process has exited and its output is read to the end,
+        or, when something it started still holds the pipes open, `killAfter` seconds after
+        it exited (its process group is then killed): poll never waits on the pipes alone.
+        """
         if self.state != RUNNING:
             return self.state
         while True:
@@ -157,13 +184,23 @@ class ChildProcess:
                 self._stdoutLine(line)
             else:
                 self._logLine(line)
-        if self._cancelledAt is not None and self._proc.poll() is None:
-            if time.monotonic() - self._cancelledAt > self.killAfter and not self._killed:
-                self._proc.kill()
-                self._killed = True
-        if self._openStreams == 0 and self._proc.poll() is not None:
-            self.returncode = self._proc.returncode
-            self._finish()
+        now = time.monotonic()
+        if self._cancelledAt is not None and not self._killed:
+            if now - self._cancelledAt > self.killAfter:
+                self._killTree()
+        if self._proc.poll() is None:
+            return self.state
+        if self._exitedAt is None:
+            self._exitedAt = now
+        if self._openStreams > 0:
+            if now - self._exitedAt <= self.killAfter:
+                return self.state
+            # The child exited, but a process it started still holds the pipes open (a
+            # launcher killed on its own leaves its python-real running): end that too.
+            self._killTree()
+            self._logLine("(the worker process exited; what it started was stopped)")
+        self.returncode = self._proc.returncode
+        self._finish()
         return self.state
 
     def _stdoutLine(self, line):
@@ -197,10 +234,13 @@ class ChildProcess:
 
     def _finish(self):
         code = self.returncode
-        if self._cancelledAt is not None:
-            self.state = CANCELLED
-        elif code == 0 and self.error is None and self.result is not None:
+        _running.discard(self)
+        if code == 0 and self.error is None and self.result is not None:
+            # Also after a Cancel that came too late: the child had begun putting its
+            # output in place (and so finished it); saying "cancelled" would be untrue.
             self.state = SUCCEEDED
+        elif self._cancelledAt is not None:
+            self.state = CANCELLED
         else:
             self.state = FAILED
             if self.error is None:
@@ -221,14 +261,55 @@ class ChildProcess:
         return f"The worker process stopped unexpectedly (exit code {code})."
 
     # ---- cancel and wait --------------------------------------------------------------------
+    @property
+    def cancelRequested(self):
+        return self._cancelledAt is not None
+
     def cancel(self):
-        """Ask the child to stop (SIGTERM; the engine cleans up); poll() kills it when it
-        has not ended `killAfter` seconds later."""
+        """Ask the child and everything it started to stop: SIGTERM to its process group
+        (the engine cleans up); poll() kills the group when it has not ended `killAfter`
+        seconds later. Windows has no such signal: the process tree is ended at once (the
+        Job's clean-up then removes what it left half-written)."""
         if self.state != RUNNING or self._cancelledAt is not None:
             return
         self._cancelledAt = time.monotonic()
-        if self._proc.poll() is None:
-            self._proc.terminate()
+        if os.name == "nt":
+            self._killTree()
+        else:
+            self._signalGroup(signal.SIGTERM)
+
+    def _signalGroup(self, signum):
+        try:
+            os.killpg(self._proc.pid, signum)  # the child leads its own group (start)
+        except (ProcessLookupError, PermissionError):
+            pass  # the whole group is gone already
+
+    def _killTree(self):
+        """End the child and everything it started, now."""
+        self._killed = True
+        if os.name == "nt":
+            subprocess.run(
+                ["taskkill", "/PID", str(self._proc.pid), "/T", "/F"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                check=False,
+            )
+            if self._proc.poll() is None:
+                self._proc.kill()
+        else:
+            self._signalGroup(signal.SIGKILL)
+
+    def stop(self, timeout=None):
+        """Cancel and wait until the child has ended (killed after `killAfter` seconds, or
+        `timeout`): for closing the panel or the application, when nobody polls any more."""
+        self.cancel()
+        self.wait(self.killAfter + 2.0 if timeout is None else timeout)
+        if self.state == RUNNING:
+            self._killTree()
+            self.wait(2.0)
+        return self.state
 
     def wait(self, timeout=None, interval=0.05, cancel=None):
         """poll() until the child ends (or `timeout` seconds); `cancel()` returning True
@@ -323,6 +404,13 @@ class Job:
     def cancel(self):
         self.child.cancel()
 
+    def stop(self, timeout=None):
+        """Stop the child and clean up now, without loading what it made (the panel or
+        the application is closing). Returns the state."""
+        self._finishCallback = None
+        self.child.stop(timeout)
+        return self.poll()
+
     def wait(self, progress=None, cancel=None, interval=0.05):
         """Block until the job ends. Returns finish's value; raises what failed (the engine's
         own exception class where the child reported one, CancelledError on cancel)."""
@@ -339,6 +427,20 @@ class Job:
         if self.exception is not None:
             raise self.exception
         return self.value
+
+
+# Children still running when this process exits (Slicer closing, a console script ending)
+# are stopped with it: they would otherwise go on, and might write their output later.
+_running = weakref.WeakSet()
+
+
+@atexit.register
+def _stopRunningChildren():
+    for child in list(_running):
+        try:
+            child.stop(timeout=3.0)
+        except Exception:  # exiting: nothing else to do
+            pass
 
 
 def _engineOr(typeName, message, default=None):
@@ -379,33 +481,59 @@ class _Cancelled(BaseException):
     """Raised by the SIGTERM handler, wherever the child is."""
 
 
+def _watchParent(parentPid, onGone):
+    """Call onGone() once the process that started this child has ended (Slicer closed or
+    crashed without stopping it): the work's only reader is gone."""
+    if not parentPid:
+        return
+    from MemorizationIndexSlicer import engine
+
+    def watch():
+        while engine.processAlive(int(parentPid)):
+            time.sleep(PARENT_CHECK_SECONDS)
+        onGone()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def childMain(argv=None):
     """Run one task file (JSON, see engine.py); report on stdout as described above."""
     import traceback
+
+    from MemorizationIndexSlicer import engine
 
     argv = sys.argv[1:] if argv is None else argv
     emitter = _Emitter(sys.stdout)
     sys.stdout = sys.stderr  # anything else printed goes to the log, not the JSON stream
     cancelled = threading.Event()
 
+    def stopRequested():
+        # Once an output is being put in place the task runs to its end (atomic.py).
+        return cancelled.is_set() and not engine.commitStarted()
+
     def onTerminate(signum, frame):
         if not cancelled.is_set():
             cancelled.set()
-            raise _Cancelled()
+            if stopRequested():
+                raise _Cancelled()
+
+    def onParentGone():
+        cancelled.set()
+        if stopRequested():
+            _thread.interrupt_main()  # KeyboardInterrupt in the main thread: stop there
 
     signal.signal(signal.SIGTERM, onTerminate)
+    _watchParent(os.environ.get(PARENT_PID_VARIABLE), onParentGone)
     try:
-        from MemorizationIndexSlicer import engine
-
         task = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        value = engine.runTask(task, progress=emitter.progress, cancel=cancelled.is_set)
+        value = engine.runTask(task, progress=emitter.progress, cancel=stopRequested)
         emitter.send("result", **value)
         return 0
     except _Cancelled:
         emitter.send("cancelled")
         return EXIT_CANCELLED
     except BaseException as exc:  # everything reaches the parent as a message
-        if cancelled.is_set() or type(exc).__name__ == "CancelledError":
+        if stopRequested() or type(exc).__name__ == "CancelledError":
             emitter.send("cancelled")
             return EXIT_CANCELLED
         message = str(exc) or type(exc).__name__

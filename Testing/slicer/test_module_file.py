@@ -8,10 +8,12 @@ scene, the parameter node) and the first-use dependency install in each Slicer g
 
 import contextlib
 import importlib
+import inspect
 import sys
 import textwrap
 import time
 import types
+import typing
 import unittest
 from pathlib import Path
 
@@ -53,12 +55,65 @@ class FakeScriptedLoadableModuleTest(unittest.TestCase):
 def fake_parameter_node_wrapper(cls):
     class Wrapper:
         fields = dict(cls.__annotations__)
+        defaults = {name: cls.__dict__[name] for name in fields if name in cls.__dict__}
 
         def __init__(self, node):
             self.parameterNode = node
 
     Wrapper.__name__ = cls.__name__
     return Wrapper
+
+
+REGISTERED_CONNECTORS = []
+
+
+class FakeGuiConnector:
+    """slicer.parameterNodeWrapper.GuiConnector (Slicer 5.10): changed() calls back."""
+
+    def __init__(self):
+        self._callback = None
+
+    def onChanged(self, callback):
+        self._callback = callback
+        self._connect() if callback is not None else self._disconnect()
+
+    def changed(self):
+        if self._callback:
+            self._callback()
+
+
+class FakeSignal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+    def disconnect(self, slot):
+        self.slots.remove(slot)
+
+    def emit(self, *args):
+        """As PythonQt calls a slot: with as many of the signal's arguments as it takes."""
+        for slot in list(self.slots):
+            taken = len(inspect.signature(slot).parameters)
+            slot(*args[:taken])
+
+
+class FakePathLineEdit:
+    """ctk.ctkPathLineEdit: currentPath (a str) and currentPathChanged."""
+
+    def __init__(self):
+        self._path = ""
+        self.currentPathChanged = FakeSignal()
+
+    @property
+    def currentPath(self):
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, text):
+        self._path = text
+        self.currentPathChanged.emit(text)
 
 
 class FakeApp:
@@ -98,6 +153,16 @@ def module(monkeypatch):
     wrapper.parameterNodeWrapper = fake_parameter_node_wrapper
     wrapper.Choice = lambda choices: ("Choice", tuple(choices))
     wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+    wrapper.GuiConnector = FakeGuiConnector
+    wrapper.parameterNodeGuiConnector = lambda cls: REGISTERED_CONNECTORS.append(cls) or cls
+    wrapper.unannotatedType = lambda datatype: (
+        typing.get_args(datatype)[0]
+        if (typing.get_origin(datatype) is typing.Annotated)
+        else datatype
+    )
+    ctk = types.ModuleType("ctk")
+    ctk.ctkPathLineEdit = FakePathLineEdit
+    monkeypatch.setitem(sys.modules, "ctk", ctk)
     translations = types.ModuleType("slicer.i18n")
     translations.tr = lambda text: text
     translations.translate = lambda context, text: text
@@ -491,3 +556,113 @@ def test_panel_handles_a_table_click_once(module):
     source = Path(module.__file__).read_text(encoding="utf-8")
     assert source.count("resultsTableView.connect(") == 1
     assert '"clicked(QModelIndex)"' in source and "activated(QModelIndex)" not in source
+
+
+# ---- path settings start empty; a failure while showing results leaves the panel usable ----
+
+
+PATH_SETTINGS = ("trainingFolder", "checkpointFile", "bankFolder", "syntheticFolder")
+
+
+def test_path_settings_start_empty(module):
+    parameters = module.MemorizationIndexParameterNode
+    for name in PATH_SETTINGS:
+        assert parameters.fields[name] == typing.Optional[Path], name  # noqa: UP045
+        assert parameters.defaults[name] is None, name  # not Path(), which shows "."
+    ui = (MODULE_DIR / "Resources" / "UI" / "MemorizationIndex.ui").read_text(encoding="utf-8")
+    for name in PATH_SETTINGS[:3] + ("syntheticFolder",):
+        assert f"<string>{name}</string>" in ui, name  # bound by the connector below
+
+
+def test_optional_path_connector_shows_none_as_an_empty_field(module):
+    connector_class = module.OptionalPathLineEditConnector
+    assert connector_class in REGISTERED_CONNECTORS
+    field = FakePathLineEdit()
+    optional = typing.Optional[Path]  # noqa: UP045
+    # Slicer 5.10 turns `Path | None` into typing.Union before asking the connectors.
+    as_union = typing.Union[tuple(typing.get_args(Path | None))]  # noqa: UP007
+    assert connector_class.canRepresent(field, optional)
+    assert connector_class.canRepresent(field, as_union)
+    assert connector_class.canRepresent(field, typing.Annotated[optional, "a note"])
+    assert not connector_class.canRepresent(field, Path)  # Slicer's own connector's type
+    assert not connector_class.canRepresent(FakeWidget(), optional)
+    connector = connector_class.create(field, optional)
+    assert connector.widget() is field
+    connector.write(None)
+    assert field.currentPath == "" and connector.read() is None
+    connector.write(Path("/data/train"))
+    assert field.currentPath == "/data/train" and connector.read() == Path("/data/train")
+    field.currentPath = "   "
+    assert connector.read() is None
+    changes = []
+    connector.onChanged(lambda: changes.append(connector.read()))
+    field.currentPath = "/data/bank"
+    assert changes == [Path("/data/bank")]
+    connector.onChanged(None)  # disconnected: no more calls
+    field.currentPath = "/elsewhere"
+    assert changes == [Path("/data/bank")]
+
+
+def test_unset_paths_reach_the_logic_as_none(module):
+    assert module._pathOrNone(None) is None
+    assert module._pathOrNone(Path("/data/bank")) == "/data/bank"
+
+
+def test_a_failure_while_showing_results_leaves_the_panel_usable(panel, monkeypatch):
+    """Slicer's tryWithErrorDisplay shows the error and raises it again: the timer slot
+    must catch it, or Build, Load and Score stay disabled for good."""
+    widget = panel.widget
+
+    @contextlib.contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        try:
+            yield
+        except Exception:
+            slicer.util.errorDisplay(message)
+            raise
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", try_with_error_display)
+
+    def show_results(value):
+        raise RuntimeError("the table node is gone")
+
+    widget.startJob(
+        lambda: stand_in_job('import json; print(json.dumps({"event": "result"}))'),
+        show_results,
+    )
+    assert not widget.ui.buildBankButton.enabled
+    poll_until_idle(widget)  # the exception does not escape the slot
+    assert not widget.busy()
+    assert widget.ui.statusLabel.text == (
+        "Building the bank: done, but the results could not be shown."
+    )
+    assert widget.ui.buildBankButton.enabled and widget.ui.loadBankButton.enabled
+    assert [name for name, _, _ in panel.dialogs.calls] == ["error"]
+
+
+def test_a_cancel_that_came_too_late_says_the_work_finished(panel):
+    """A child that had begun putting its output in place finishes it; the panel says so
+    rather than "cancelled"."""
+    widget, done = panel.widget, []
+    widget.startJob(
+        lambda: stand_in_job(
+            """
+            import json, signal, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as the worker does once committing
+            print(json.dumps({"event": "progress", "stage": "Saving", "done": 0, "total": 1}),
+                  flush=True)
+            time.sleep(0.5)
+            print(json.dumps({"event": "result"}), flush=True)
+            """
+        ),
+        done.append,
+    )
+    while not widget._job.progress[0]:
+        widget.pollJob()
+        time.sleep(0.02)
+    widget.onCancel()
+    poll_until_idle(widget)
+    assert widget.ui.statusLabel.text == (
+        "Building the bank: done (it had finished before Cancel could stop it)."
+    )
+    assert done == ["the bank"]

@@ -24,26 +24,26 @@ from ..encoding.features import FeatureSet
 from ..errors import BankError, SettingsError
 from ..job import Step
 from ..scans import SliceInfo
-from ..search.compressed import index_kind_of, load_layers, save_layers
+from ..search.compressed import load_layers, save_layers
 from ..search.index import QuerySlices, SliceIndex, StageResult
 from ..search.verification import VERIFIER_VERSION
 from ..search.volume_stage import GEOMETRY_FIELDS, CompactVolumeStore
 from ..search.whitening import Whitener
 from .files import (
+    BANK_FORMAT,
+    BANK_FORMAT_VERSION,
     MANIFEST_NAME,
     file_digests,
+    index_kind_of,
     load_array,
     load_npz,
-    read_manifest,
+    read_bank_manifest,
     require_field,
     same_length,
     verify_digests,
     volume_paths,
 )
 from .settings import BankSettings
-
-BANK_FORMAT = "memorization-index-bank"
-BANK_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -357,15 +357,7 @@ def _load_compact_volumes(path: Path, n_volumes: int) -> CompactVolumeStore:
 
 def _read_manifest(path: Path) -> dict:
     """The manifest of a bank folder, checked for format, version and verifier version."""
-    manifest_path = path / MANIFEST_NAME
-    manifest = read_manifest(path)
-    if manifest.get("format") != BANK_FORMAT:
-        raise BankError(f"{manifest_path} is not a MemorizationIndex bank manifest.")
-    if manifest.get("format_version") != BANK_FORMAT_VERSION:
-        raise BankError(
-            f"{path} uses bank format {manifest.get('format_version')}; this version of "
-            f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
-        )
+    manifest = read_bank_manifest(path)
     built_with = manifest.get("verifier_version", 1)
     settings = manifest.get("settings")
     verify = settings.get("verify", True) if isinstance(settings, dict) else True

@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import BankError, unreachable_reason
 
 MANIFEST_NAME = "manifest.json"
+BANK_FORMAT = "memorization-index-bank"
+BANK_FORMAT_VERSION = 1
 _NOT_HASHED = {MANIFEST_NAME, ".memorization-index.json"}
 _CHUNK = 1 << 22
 
@@ -73,6 +75,25 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict):
         raise BankError(f"{path} is not a MemorizationIndex bank manifest.")
     return manifest
+
+
+def read_bank_manifest(folder: Path) -> dict:
+    """The manifest of a bank folder, checked for this bank format and its version."""
+    manifest = read_manifest(folder)
+    if manifest.get("format") != BANK_FORMAT:
+        raise BankError(f"{folder / MANIFEST_NAME} is not a MemorizationIndex bank manifest.")
+    if manifest.get("format_version") != BANK_FORMAT_VERSION:
+        raise BankError(
+            f"{folder} uses bank format {manifest.get('format_version')}; this version of "
+            f"MemorizationIndex reads format {BANK_FORMAT_VERSION}. Rebuild the bank."
+        )
+    return manifest
+
+
+def index_kind_of(manifest: dict) -> str:
+    """The stage-1 index kind a saved bank uses ("exact" for banks from before the choice)."""
+    entry = manifest.get("index")
+    return entry.get("kind", "exact") if isinstance(entry, dict) else "exact"
 
 
 def require_field(manifest: dict, key: str, kind: type | tuple[type, ...], where: str):

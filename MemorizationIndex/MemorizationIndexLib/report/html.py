@@ -10,7 +10,7 @@ import torch
 
 from ..bank.feature_bank import FeatureBank
 from ..geometry import flip_axes, sampling_theta, warp
-from ..scoring.results import ScoreResult, SliceResult, VolumeResult
+from ..scoring.results import ScoreResult, SliceResult
 from .images import difference_image, png_data_uri
 
 TOP_COPIES_IN_REPORT = 12
@@ -103,20 +103,6 @@ def _series(name: str) -> str:
     return f" <small>(series {html.escape(name)})</small>" if name else ""
 
 
-def volume_pose_text(v: VolumeResult) -> str:
-    """The volume stage's finding in words: the registered training volume, the aligned
-    similarity and the 3D pose ("" without stage 3)."""
-    if v.pose is None:
-        return ""
-    p = v.pose.summary()
-    return (
-        f"{v.volume_match}: aligned NCC {v.aligned_similarity:.3f}; rotated "
-        f"LR {p['angle_lr_deg']:+.1f}°, AP {p['angle_ap_deg']:+.1f}°, "
-        f"SI {p['angle_si_deg']:+.1f}°; shifted {p['shift_l_mm']:+.1f} L, "
-        f"{p['shift_p_mm']:+.1f} P, {p['shift_s_mm']:+.1f} S mm"
-    )
-
-
 def _volume_table_rows(result: ScoreResult) -> str:
     esc = html.escape
     return "".join(
@@ -125,7 +111,7 @@ def _volume_table_rows(result: ScoreResult) -> str:
         f"<td>{'COPY' if v.flagged else 'novel'}</td><td>{v.mi:.6f}</td>"
         f"<td>{v.oni:+.3f}</td><td>{v.fraction_flagged:.2f}</td>"
         f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td>"
-        f"<td>{esc(volume_pose_text(v))}</td></tr>"
+        f"<td>{esc(v.pose_text())}</td></tr>"
         for v in result.ranked_volumes()
     )
 

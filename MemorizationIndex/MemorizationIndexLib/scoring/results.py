@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..scans import SkippedInput
-from ..search.verification import Alignments
 from ..search.volume_pose import RigidPose
+
+if TYPE_CHECKING:  # verification imports torch; a loaded result must not need it (Slicer)
+    from ..search.verification import Alignments
 
 # Columns that every slices.csv / volumes.csv starts with (README, "Output files"); new
 # columns may be added after them, these are never renamed.
@@ -199,6 +202,19 @@ class VolumeResult(_Row):
             out.update(self.pose.summary())
             out["scale"] = 1.0  # rigid: the volume stage does not stretch
         return out
+
+    def pose_text(self) -> str:
+        """The volume stage's finding in words: the registered training volume, the aligned
+        similarity and the 3D pose ("" without stage 3)."""
+        if self.pose is None:
+            return ""
+        p = self.pose.summary()
+        return (
+            f"{self.volume_match}: aligned NCC {self.aligned_similarity:.3f}; rotated "
+            f"LR {p['angle_lr_deg']:+.1f}°, AP {p['angle_ap_deg']:+.1f}°, "
+            f"SI {p['angle_si_deg']:+.1f}°; shifted {p['shift_l_mm']:+.1f} L, "
+            f"{p['shift_p_mm']:+.1f} P, {p['shift_s_mm']:+.1f} S mm"
+        )
 
 
 _VOLUME_ORDER = (

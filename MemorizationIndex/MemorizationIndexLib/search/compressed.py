@@ -29,12 +29,6 @@ CODES_NAME = "codes_layer{layer}.faiss"
 SEARCH_DISK_DTYPE = "float32"
 
 
-def index_kind_of(manifest: dict) -> str:
-    """The stage-1 index kind a saved bank uses ("exact" for banks from before the choice)."""
-    entry = manifest.get("index")
-    return entry.get("kind", "exact") if isinstance(entry, dict) else "exact"
-
-
 def pq_subquantizers(dim: int) -> int:
     """Two dimensions per 4-bit sub-quantizer (384 for MRI-CORE's 768): ~dim/4 bytes a code."""
     return max(1, dim // 2) if dim % 2 == 0 else dim
