@@ -7,9 +7,17 @@ on Slicer's module paths:
     Slicer --no-main-window --additional-module-paths MemorizationIndex \\
            --python-script Testing/slicer/real_slicer_smoke.py
 
-(without --no-main-window it runs the same in the main window). It prints one PASS or FAIL
-line per check and exits with status 0 when every check passed, 1 otherwise; with
-MEMORIZATION_INDEX_SMOKE_OUTPUT=file.json it also writes the results there. Checks:
+(without --no-main-window it runs the same in the main window). Every step, the ten checks
+and the setup between them, runs under a deadline (smoke_steps.py, beside this file): it
+prints a START line and a PASS, FAIL or SKIP line (a step that needs what a failed one would
+have made is skipped), then one SUMMARY line, and exits with status 0 when every step
+passed, 1 when one failed or was skipped, 2 when one hung: past its deadline (or the whole
+script's, 2 hours) a watchdog prints "HUNG  <step> after N s", the Python stack of every
+thread and the summary, and ends Slicer. With MEMORIZATION_INDEX_SMOKE_OUTPUT=file.json it
+also writes the results there (rewritten as each step starts, so a killed run shows the
+step that was running). Should a C++ call hold Python's lock so that no Python code can run,
+Python's faulthandler prints every thread's stack a minute after the deadline and ends
+Slicer with status 1; the step's START line names it. Checks:
 
  1. the module loaded, with no warning or error about it in the application log, and none
     of the package's files was taken for a module;
@@ -29,19 +37,30 @@ Nothing is installed: dialogs are answered by the script (a question with Cancel
 missing package makes the dependency check report it and the later checks fail.
 """
 
-import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 import qt
 import slicer
 import vtk
+
+# The step runner lies beside this script. Slicer runs --python-script with CTK's
+# executeFile, which sets __file__ and puts the script's folder on sys.path while it runs;
+# sys.argv[0] (Slicer sets it to the script too) covers an exec() without __file__.
+HERE = Path(globals().get("__file__") or sys.argv[0]).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+try:
+    from smoke_steps import CHECK, StepRunner, step
+except ImportError:  # without its runner the script cannot run: still end Slicer
+    slicer.util.exit(1)
+    raise
 
 MODULE = "MemorizationIndex"
 PACKAGE_FILES = {
@@ -59,28 +78,15 @@ PACKAGE_FILES = {
 }
 SHAPE = (12, 40, 48)
 SPACING = (1.0, 1.2, 2.0)
-RESULTS = []
 DIALOGS = []  # (kind, text, details) of every dialog the module opened
+OVERALL_DEADLINE = 2 * 3600  # s, the whole script; each step has its own below
+EXIT_DEADLINE = 120  # s for Slicer to end after slicer.util.exit
 
 
-def check(name):
-    """Run a check, record PASS/FAIL with the reason, and go on with the next."""
-
-    def decorator(function):
-        def run(*args, **kwargs):
-            try:
-                value = function(*args, **kwargs)
-            except Exception as exc:
-                RESULTS.append({"check": name, "passed": False, "error": repr(exc)})
-                print(f"FAIL  {name}: {exc}\n{traceback.format_exc()}", flush=True)
-                return None
-            RESULTS.append({"check": name, "passed": True})
-            print(f"PASS  {name}", flush=True)
-            return value
-
-        return run
-
-    return decorator
+def check(name, deadline):
+    """One of the ten checks: the StepRunner runs it under its deadline (s), records PASS or
+    FAIL with the reason, and goes on with the next."""
+    return step(name, deadline, kind=CHECK)
 
 
 def spin(condition, timeout, what):
@@ -98,6 +104,19 @@ def spin(condition, timeout, what):
     return longest
 
 
+@step("poll the deadlines from Slicer's event loop too", 30)
+def pollFromEventLoop(runner):
+    """PythonQt keeps Python's lock while the main thread is in Qt (a modal dialog's event
+    loop, processEvents), which stops the watchdog thread; a timer of that event loop calls
+    the same check."""
+    timer = qt.QTimer()
+    timer.setInterval(500)
+    timer.connect("timeout()", runner.poll)
+    timer.start()
+    pollFromEventLoop.timer = timer
+
+
+@step("answer the module's dialogs (questions with Cancel)", 30)
 def answerDialogs():
     """Record the module's dialogs instead of showing them (a modal dialog would wait for a
     click forever): questions are answered with Cancel, so nothing is installed."""
@@ -126,9 +145,21 @@ def randomScan(rng):
     return np.where(inside, texture, 0.0).astype(np.float32)
 
 
-def writeTrainingSet(folder, n=6):
+@step("make a temporary work folder", 60)
+def makeWorkFolder():
+    return Path(tempfile.mkdtemp(prefix="MemorizationIndexSmoke-"))
+
+
+@step("remove the temporary work folder", 300)
+def removeWorkFolder(work):
+    shutil.rmtree(work)
+
+
+@step("write the training set (6 NIfTI volumes)", 300)
+def writeTrainingSet(work, n=6):
     import SimpleITK as sitk
 
+    folder = work / "train"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     volumes = []
@@ -141,6 +172,7 @@ def writeTrainingSet(folder, n=6):
     return volumes
 
 
+@step("slice views: the main window's layout manager, or one made here", 120)
 def ensureLayoutManager():
     """Slice views for the overlay checks: the main window's, or a layout manager made here
     (with --no-main-window Slicer has none; qSlicerMainWindow makes it the same way)."""
@@ -153,12 +185,13 @@ def ensureLayoutManager():
     slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
     slicer.app.processEvents()
     assert slicer.app.layoutManager().sliceWidget("Red") is not None
+    return slicer.app.layoutManager()
 
 
 # ---- 1. module loading -----------------------------------------------------------------------
 
 
-@check("1. the module loads with no warning, and only MemorizationIndex.py is a module")
+@check("1. the module loads with no warning, and only MemorizationIndex.py is a module", 120)
 def checkModuleLoaded():
     assert hasattr(slicer.modules, MODULE.lower()), "the module is not loaded"
     module = getattr(slicer.modules, MODULE.lower())
@@ -181,7 +214,7 @@ def checkModuleLoaded():
 # ---- 2. the panel ----------------------------------------------------------------------------
 
 
-@check("2. the panel builds and its parameter-node connectors bind both ways")
+@check("2. the panel builds and its parameter-node connectors bind both ways", 300)
 def checkPanel():
     widget = slicer.util.getModuleWidget(MODULE)
     widget.enter()
@@ -222,7 +255,7 @@ def checkPanel():
 # ---- 3. dependencies -------------------------------------------------------------------------
 
 
-@check("3. dependency flow: versions, the PyTorch extension, one question when missing")
+@check("3. dependency flow: versions, the PyTorch extension, one question when missing", 600)
 def checkDependencies(widget):
     import inspect
 
@@ -277,7 +310,7 @@ def runPanelJob(widget, start, timeout=900):
     return gap, statuses, max(maxima)
 
 
-@check("4. a bank builds in the child process; progress shows while Slicer stays responsive")
+@check("4. a bank builds in the child process; progress shows while Slicer stays responsive", 1200)
 def checkBuild(widget, work):
     p = widget._parameterNode
     p.trainingFolder = work / "train"
@@ -297,7 +330,7 @@ def checkBuild(widget, work):
     assert "slices" in widget.ui.bankStatusLabel.text
 
 
-@check("5. Cancel stops a build and leaves no bank, not even a partial one")
+@check("5. Cancel stops a build and leaves no bank, not even a partial one", 600)
 def checkCancel(widget, work):
     p = widget._parameterNode
     p.bankFolder = work / "cancelled-bank"
@@ -315,7 +348,7 @@ def checkCancel(widget, work):
     p.bankFolder = work / "bank"
 
 
-@check("6. a failing child reaches Slicer's error dialog with its message and log")
+@check("6. a failing child reaches Slicer's error dialog with its message and log", 1200)
 def checkFailure(widget, work):
     broken = work / "broken"
     broken.mkdir()
@@ -332,7 +365,7 @@ def checkFailure(widget, work):
     assert widget.ui.statusLabel.text.endswith("failed.")
 
 
-@check("7. a volume scores in the child process and its results load into the scene")
+@check("7. a volume scores in the child process and its results load into the scene", 1200)
 def checkScore(widget, training):
     synthetic = randomScan(np.random.default_rng(9))
     for k in range(-2, 4):  # slices 3-8 copy training slices 5-10 of volume 1, flipped
@@ -357,7 +390,7 @@ def checkScore(widget, training):
 # ---- 8-9. table, overlay, side by side, plot ---------------------------------------------------
 
 
-@check("8. a click on table row k shows the k-th most suspicious slice")
+@check("8. a click on table row k shows the k-th most suspicious slice", 120)
 def checkTableClick(widget):
     view = widget.ui.resultsTableView
     model = view.model()
@@ -375,7 +408,7 @@ def checkTableClick(widget):
         assert f"slice {shown['slice_index']}" in widget.ui.currentMatchLabel.text
 
 
-@check("9. overlay, side by side and the MI plot work")
+@check("9. overlay, side by side and the MI plot work", 300)
 def checkViews(widget, syntheticNode):
     logic = widget.logic
     widget.onStepCopy(+1)
@@ -413,7 +446,7 @@ def checkViews(widget, syntheticNode):
     assert plotWidget.mrmlPlotViewNode().GetPlotChartNodeID() == chart.GetID()
 
 
-@check("10. the module's self-test (Reload and Test) passes")
+@check("10. the module's self-test (Reload and Test) passes", 1800)
 def checkSelfTest():
     import MemorizationIndex
 
@@ -422,30 +455,39 @@ def checkSelfTest():
     test.runTest()
 
 
+def runChecks(runner):
+    """Every step in order, each through the runner (a deadline each); a step given what a
+    failed step did not make is skipped, naming that step."""
+    runner.run(answerDialogs)
+    runner.run(pollFromEventLoop, runner)
+    runner.run(checkModuleLoaded)
+    widget = runner.run(checkPanel)
+    runner.run(checkDependencies, widget)
+    layoutManager = runner.run(ensureLayoutManager)
+    work = runner.run(makeWorkFolder)
+    training = runner.run(writeTrainingSet, work)
+    runner.run(checkBuild, widget, work, needs=(training,))
+    runner.run(checkCancel, widget, work, needs=(training,))
+    runner.run(checkFailure, widget, work)
+    node = runner.run(checkScore, widget, training)
+    runner.run(checkTableClick, widget, needs=(node,))
+    runner.run(checkViews, widget, node, needs=(layoutManager,))
+    runner.run(removeWorkFolder, work)
+    runner.run(checkSelfTest)
+
+
 def main():
-    answerDialogs()
-    checkModuleLoaded()
-    widget = checkPanel()
-    if widget is not None:
-        checkDependencies(widget)
-        ensureLayoutManager()
-        with tempfile.TemporaryDirectory(prefix="MemorizationIndexSmoke-") as folder:
-            work = Path(folder)
-            training = writeTrainingSet(work / "train")
-            checkBuild(widget, work)
-            checkCancel(widget, work)
-            checkFailure(widget, work)
-            node = checkScore(widget, training)
-            if node is not None:
-                checkTableClick(widget)
-                checkViews(widget, node)
-        checkSelfTest()
-    failed = [r["check"] for r in RESULTS if not r["passed"]]
-    print(f"{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed.", flush=True)
-    output = os.environ.get("MEMORIZATION_INDEX_SMOKE_OUTPUT")
-    if output:
-        Path(output).write_text(json.dumps({"results": RESULTS, "dialogs": DIALOGS}, indent=2))
-    slicer.util.exit(1 if failed else 0)
+    """Run the steps; the runner prints the summary, writes the results and calls
+    slicer.util.exit in a finally (a hung step ends Slicer from the watchdog)."""
+    runner = StepRunner(
+        exit=slicer.util.exit,
+        output=os.environ.get("MEMORIZATION_INDEX_SMOKE_OUTPUT"),
+        overallDeadline=OVERALL_DEADLINE,
+        exitDeadline=EXIT_DEADLINE,
+        checkCount=10,
+        extra=lambda: {"dialogs": DIALOGS},
+    )
+    runner.execute(runChecks)
 
 
 main()
