@@ -26,7 +26,8 @@ Slicer with status 1; the step's START line names it. Checks:
     calls the module makes, and the single question when something is missing;
  4. a bank builds through the panel in the child process: the progress bar and status line
     advance (whole numbers) while Slicer's event loop keeps running;
- 5. Cancel stops a build and leaves no bank, not even a partial one;
+ 5. Cancel stops a build, PythonSlicer and the python-real it started alike, and leaves no
+    bank, not even a partial one;
  6. a failing child reaches Slicer's error dialog with its message and log;
  7. a volume scores through the panel in the child process and the results load;
  8. a click on table row k shows the k-th most suspicious slice;
@@ -330,22 +331,37 @@ def checkBuild(widget, work):
     assert "slices" in widget.ui.bankStatusLabel.text
 
 
-@check("5. Cancel stops a build and leaves no bank, not even a partial one", 600)
+@check("5. Cancel stops a build and every process of the worker, and leaves no bank", 600)
 def checkCancel(widget, work):
     p = widget._parameterNode
     p.bankFolder = work / "cancelled-bank"
     job = widget.onBuildBank()
     assert job is not None
     spin(lambda: job.progress[0] != "", 300, "the first progress line")
+    group = job.child.pid  # PythonSlicer leads the worker's process group; python-real is in it
     widget.onCancel()
     assert widget.ui.statusLabel.text == "Stopping..."
     spin(lambda: not widget.busy(), 60, "the cancelled child to end")
     assert widget.ui.statusLabel.text.endswith("cancelled."), widget.ui.statusLabel.text
+    if os.name == "posix":  # PythonSlicer forwards no signal: python-real must be gone too
+        spin(lambda: not workerGroupAlive(group), 5, "every process of the worker to end")
+    time.sleep(2.0)  # a surviving python-real would swap its bank in about now
     leftovers = [
         x.name for x in work.iterdir() if x.name.startswith((".cancelled-bank", "cancelled-bank"))
     ]
     assert not leftovers, leftovers
     p.bankFolder = work / "bank"
+
+
+def workerGroupAlive(group):
+    """Whether any process of the worker's process group still runs (POSIX)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @check("6. a failing child reaches Slicer's error dialog with its message and log", 1200)
