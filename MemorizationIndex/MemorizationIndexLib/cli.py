@@ -179,9 +179,17 @@ def _build_bank_parser(sub) -> None:
     b.add_argument(
         "--subjects",
         metavar="CSV",
-        help="grouping file with columns path,subject: volumes of one subject are held out "
-        "together in calibration (default: DICOM PatientID, BIDS sub-* folders, else one "
-        "subject per volume)",
+        help="grouping file with columns path,subject (path: a file, relative to the training "
+        "folder or absolute; FILE:ENTRY for one image of a .npy/.npz stack): inputs of one "
+        "subject are held out together in calibration (default: DICOM PatientID, BIDS sub-* "
+        "folders, for 2D image files the name before the slice number, subject00_z012.png -> "
+        "subject00; else one subject per input)",
+    )
+    b.add_argument(
+        "--subject-pattern",
+        metavar="REGEX",
+        help="regular expression searched in each training file name; its group 'subject' "
+        r"(or first group) names the subject, e.g. '^(P\d+)_' for P017_slice_080.png",
     )
     _storage_options(b)
     _ray_options(b, "encode")
@@ -295,6 +303,7 @@ def _build_bank(args, job: Job) -> int:
     from .atomic import check_output
     from .bank.build import build_bank
     from .bank.settings import BankSettings
+    from .scans.subjects import compile_subject_pattern
 
     settings = BankSettings(
         image_size=args.image_size,
@@ -318,6 +327,7 @@ def _build_bank(args, job: Job) -> int:
     )
     # The output is checked before the encoder is loaded (and again by build_bank).
     check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
+    compile_subject_pattern(args.subject_pattern)  # a bad pattern fails before any work
     on_ray = _check_ray(args)
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
     # Each encoded volume is kept until the bank is written: a killed run resumes.
@@ -326,7 +336,15 @@ def _build_bank(args, job: Job) -> int:
 
         bank = build_on_ray(args.train_dir, args.out, settings, encoder, job, args)
     else:
-        bank = build_bank(args.train_dir, args.out, settings, encoder, job, args.subjects)
+        bank = build_bank(
+            args.train_dir,
+            args.out,
+            settings,
+            encoder,
+            job,
+            args.subjects,
+            subject_pattern=args.subject_pattern,
+        )
     job.progress.close()
     print_bank(bank, args.out)
     return EXIT_OK
@@ -346,6 +364,10 @@ def print_bank(bank, out) -> None:
         for warning in volume_warnings:
             print(f"  warning: {warning}")
     print(f"Subjects: {m['n_subjects']} (from {', '.join(m['subjects_from'])})")
+    for warning in m.get("subject_warnings", []):
+        print(f"  warning: {warning}")
+    if m.get("volume_stage_off"):
+        print(f"  note: {m['volume_stage_off']}")
     for d in m.get("duplicates", []):
         print(f"  duplicate left out: {d['path']} is {d['how']} as {d['duplicate_of']}")
     for d in m.get("near_duplicates", []):
@@ -387,17 +409,24 @@ def _score(args, job: Job) -> int:
     return EXIT_OK
 
 
+MAX_ROWS_2D = 20  # a 2D set may hold 100,000 images: the console shows the worst ones
+
+
 def print_verdicts(result) -> None:
     s = result.summary
     print(f"Encoder: {s['encoder']['name']}")
     print(f"{'volume':<48} {'verdict':<7} {'MI':>9} {'ONI':>7} {'flagged':>8} {'run':>4}  match")
-    for v in result.ranked_volumes():
-        name = v.volume if len(v.volume) <= 48 else "..." + v.volume[-45:]
+    ranked = result.ranked_volumes()
+    shown = ranked[:MAX_ROWS_2D] if "images" in s else ranked
+    for v in shown:
+        name = v.label if len(v.label) <= 48 else "..." + v.label[-45:]
         print(
             f"{name:<48} {'COPY' if v.flagged else 'novel':<7} {v.mi:>9.6f} "
             f"{v.oni:>+7.3f} {v.fraction_flagged:>8.2f} {v.longest_run:>4}  "
             f"{Path(v.match_volume).name}"
         )
+    if len(shown) < len(ranked):
+        print(f"... and {len(ranked) - len(shown)} more, less suspicious (volumes.csv)")
     for v in result.ranked_volumes():
         if v.flagged and v.pose is not None:
             pose = v.pose.summary()
@@ -409,14 +438,46 @@ def print_verdicts(result) -> None:
                 f"{pose['shift_l_mm']:+.1f} L, {pose['shift_p_mm']:+.1f} P, "
                 f"{pose['shift_s_mm']:+.1f} S mm"
             )
-    print(
-        f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes flagged; "
-        f"{s['n_slices_flagged']} of {s['n_slices']} slices (alpha {s['alpha']})."
-    )
+    if s.get("images", {}).get("n_images") != s["n_slices"]:  # not a set of 2D images only
+        print(
+            f"{s['n_volumes_flagged']} of {s['n_volumes']} volumes flagged; "
+            f"{s['n_slices_flagged']} of {s['n_slices']} slices (alpha {s['alpha']})."
+        )
+    if "images" in s:
+        print_image_set(s["images"], s["alpha"])
+    if s.get("volume_stage_skipped"):
+        print(f"  note: {s['volume_stage_skipped']}")
     for sk in result.skipped:
         print(f"  skipped {sk.path}: {sk.reason}")
     for w in s.get("warnings", []):
         print(f"  warning: {w['warning']}")
+
+
+def print_image_set(images: dict, alpha: float) -> None:
+    """The verdict on the 2D images: the set is the headline (scoring/image_set.py)."""
+    low, high = images["share_flagged_ci95"]
+    copy_low, copy_high = images["estimated_copy_share_ci95"]
+    print(
+        f"2D images: {images['n_flagged']} of {images['n_images']} flagged as copies "
+        f"({100 * images['share_flagged']:.1f} %, 95 % interval {100 * low:.1f}-"
+        f"{100 * high:.1f} %); estimated share of copies {100 * images['estimated_copy_share']:.1f}"
+        f" % ({100 * copy_low:.1f}-{100 * copy_high:.1f} %) after the {100 * alpha:g} % of novel "
+        f"images expected at alpha {alpha:g}; mean MI {images['mean_mi']:.4f}, mean ONI "
+        f"{images['mean_oni']:+.3f}."
+    )
+    if images["pixel_units"]:
+        print(
+            f"  {images['pixel_units']} images carry no pixel size (raster or NumPy files): "
+            "their poses are in pixels."
+        )
+    table = images["copies_per_training_subject"]
+    if table:
+        print("Training subjects copied, most first:")
+        for row in table[:MAX_ROWS_2D]:
+            print(
+                f"  subject {row['subject']}: {row['copies']} copies of "
+                f"{row['training_files']} training image(s), e.g. {Path(row['example']).name}"
+            )
 
 
 if __name__ == "__main__":

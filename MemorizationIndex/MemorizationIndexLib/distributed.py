@@ -310,6 +310,7 @@ def build_on_ray(train_dir, out, settings, encoder, job, args):
             args.subjects,
             runner=encoding_runner(cluster, encoder, encoder_args),
             run_settings={"device": f"ray {args.device}"},
+            subject_pattern=getattr(args, "subject_pattern", None),
         )
     finally:
         cluster.close()

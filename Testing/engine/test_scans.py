@@ -346,17 +346,22 @@ def test_non_image_files_are_reported_not_dropped(tmp_path):
     fx.write_sitk(tmp_path / "paired.mhd", fx.sitk_image(fx.phantom(SHAPE)))  # + paired.raw
 
     sources, skipped = find_scans(tmp_path)
-    assert [os.path.basename(s.path) for s in sources] == ["paired.mhd", "scan.nii.gz"]
-    assert sorted(os.path.basename(s.path) for s in skipped) == sorted(names)
+    # pic.png has an image's name: found as a 2D image, skipped when it cannot be read.
+    assert [os.path.basename(s.path) for s in sources] == ["paired.mhd", "pic.png", "scan.nii.gz"]
+    not_images = sorted(n for n in names if n != "pic.png")
+    assert sorted(os.path.basename(s.path) for s in skipped) == not_images
     for item in skipped:
         assert item.path in item.reason
         if item.path.endswith("orphan.raw"):
             assert "no header" in item.reason
         else:
-            assert "not a volume format MemorizationIndex reads" in item.reason
+            assert "not an image format MemorizationIndex reads" in item.reason
 
     items = list(iter_scans(tmp_path))
-    assert sum(isinstance(i, SkippedInput) for i in items) == len(names)
+    unread = [i for i in items if isinstance(i, SkippedInput)]
+    assert len(unread) == len(names)
+    picture = next(i for i in unread if i.path.endswith("pic.png"))
+    assert "could not be read" in picture.reason and picture.path in picture.reason
     assert sum(isinstance(i, ScanVolume) for i in items) == 2
 
 
@@ -449,14 +454,19 @@ def test_nan_voxels_become_the_finite_minimum_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (40, 36, 1)])
-def test_2d_image_is_an_input_error(tmp_path, shape):
-    data = np.random.default_rng(0).uniform(0, 100, size=shape).astype(np.float32)
+def test_a_2d_file_is_read_as_one_image(tmp_path, shape):
+    """A 2D NIfTI, or a 3D one a single voxel thick, is a 2D image (test_images_2d.py has
+    every 2D format); a 1D one is still refused."""
+    data = np.random.default_rng(0).uniform(50, 100, size=shape).astype(np.float32)
     image = sitk.GetImageFromArray(data.T)
     path = fx.write_sitk(tmp_path / "flat.nii.gz", image)
-    with pytest.raises(InputError, match="is a 2D image") as error:
-        read_scan(ScanSource(path))
-    assert path in str(error.value)
-    assert "x".join(str(s) for s in shape[:2]) in str(error.value)
+    volume = read_scan(ScanSource(path))
+    assert volume.is_2d and len(volume) == 1
+    assert volume.slices.shape[1:] == shape[:2][::-1]  # [rows = y, cols = x]
+    line = fx.write_sitk(tmp_path / "line.nii.gz", sitk.GetImageFromArray(data[:, :1, ...].T))
+    with pytest.raises(InputError, match="neither a 2D image nor a 3D volume") as error:
+        read_scan(ScanSource(line))
+    assert line in str(error.value)
 
 
 def test_volume_thinner_than_the_encoder_patch_is_an_input_error(tmp_path):

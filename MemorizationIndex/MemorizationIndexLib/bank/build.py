@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -22,8 +22,17 @@ from ..encoding.features import EncodingPlan, FeatureSet, encode_resumable
 from ..errors import InputError, SettingsError
 from ..job import Job
 from ..pieces import Runner
-from ..scans import ReadOptions, find_scans_required
-from ..scans.subjects import read_grouping_file, split_duplicates, subject_of
+from ..scans import ReadOptions, ScanSource, find_scans_required
+from ..scans.images import is_raster
+from ..scans.subjects import (
+    Subject,
+    compile_subject_pattern,
+    one_subject_each_if_all_one,
+    read_grouping_file,
+    split_duplicates,
+    subject_of,
+    subject_warning,
+)
 from ..search.index import QuerySlices, StageResult
 from ..search.verification import settle
 from ..search.volume_stage import CompactVolumeStore, VolumeStageResult, volume_stage
@@ -148,7 +157,11 @@ def near_duplicates(train: FeatureSet, null: NullSearch) -> list[tuple[int, int]
     """
     volumes = train.volume_ids[null.rows]
     scores = null.s2 if null.s2 is not None else null.s1
-    present = np.unique(volumes)
+    # A 2D image is one slice, which always "mostly" matches one other image: the rule
+    # needs volumes (exact repeats of images are found by content before encoding).
+    present = np.array([v for v in np.unique(volumes) if not train.is_2d(int(v))], np.int64)
+    if len(present) == 0:
+        return []
     medians = np.array([np.median(scores[volumes == v]) for v in present])
     centre = np.median(medians)
     spread = max(float(np.median(np.abs(medians - centre))), 1e-6)
@@ -204,6 +217,28 @@ def _check_enough(train: FeatureSet, settings: BankSettings) -> None:
         )
 
 
+def settings_for(train: FeatureSet, settings: BankSettings) -> tuple[BankSettings, dict]:
+    """The settings a training set allows, and the manifest's note of what changed: 2D
+    images have no volume to register, so a set holding them gets no volume stage."""
+    if not (settings.volume_stage and train.has_2d):
+        return settings, {}
+    return replace(settings, volume_stage=False), {
+        "volume_stage_off": "The training set holds 2D images, which have no volume to "
+        "register: the volume stage (stage 3) is off for this bank."
+    }
+
+
+def fitted_nulls(found: NullSearch) -> tuple[Combination, NullModel, NullModel | None]:
+    """The stage combination, the null of its statistic and, with stage 3, the null of the
+    stage-1-2 statistic of the same held-out slices (for 2D queries, which have no volume)."""
+    combination = Combination.fit(found.s1, found.s2, found.s3, gate=found.gate)
+    null = NullModel.fit(combination.statistic_of(found.s1, found.s2, found.s3))
+    if found.s3 is None:
+        return combination, null, None
+    planar = Combination.fit(found.s1, found.s2, None, gate=found.gate)
+    return combination, null, NullModel.fit(planar.statistic_of(found.s1, found.s2))
+
+
 def bank_from_features(
     train: FeatureSet,
     settings: BankSettings,
@@ -217,6 +252,7 @@ def bank_from_features(
     subjects: {(volume path, series uid): subject key}; volumes without one are their own
     subject. Near-duplicate volumes found in the null are reported and held out together.
     """
+    settings, notes = settings_for(train, settings)
     _check_enough(train, settings)
     groups = subject_groups(train, subjects or {})
     found = cross_fitted_null(train, settings, job, groups)
@@ -224,8 +260,7 @@ def bank_from_features(
     if pairs:  # calibrate again with each such pair held out together
         groups = merge_groups(groups, pairs)
         found = cross_fitted_null(train, settings, job, groups)
-    combination = Combination.fit(found.s1, found.s2, found.s3, gate=found.gate)
-    null = NullModel.fit(combination.statistic_of(found.s1, found.s2, found.s3))
+    combination, null, planar_null = fitted_nulls(found)
     thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
     index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)
     manifest = {
@@ -243,6 +278,7 @@ def bank_from_features(
             {"volume": train.volumes[v], "matches": train.volumes[w]} for v, w in pairs
         ],
     }
+    manifest.update(notes)
     manifest.update(extra_manifest or {})
     return FeatureBank(
         settings=settings,
@@ -253,8 +289,10 @@ def bank_from_features(
         volumes=list(train.volumes),
         series_uids=list(train.series_uids),
         series_names=list(train.series_names),
+        volume_kinds=[train.kind_of(v) for v in range(len(train.volumes))],
         thumbnail_mm=train.thumbnail_mm,
         null=null,
+        planar_null=planar_null,
         combination=combination,
         manifest=manifest,
         compact_volumes=(
@@ -288,12 +326,13 @@ def build_bank(
     grouping_file: str | os.PathLike | None = None,
     runner: Callable[[list, ReadOptions, EncodingPlan], Runner] | None = None,
     run_settings: dict | None = None,
+    subject_pattern: str | None = None,
 ) -> FeatureBank:
     """Training folder -> bank saved in out_dir. Unusable files are skipped and listed in
     the manifest; exact repeats (a second link to a file, the same bytes twice) are left out
     and listed. encoder: from settings.encoder(checkpoint, ...) (default: untrained, for
-    testing only); job: progress and Cancel; grouping_file: CSV `path,subject` naming the
-    subject of each volume (else DICOM PatientID, BIDS sub-* folders, or one per volume).
+    testing only); job: progress and Cancel; grouping_file (CSV `path,subject`) and
+    subject_pattern (a regex on file names) name subjects (see training_subjects).
 
     Encoding is resumable: each encoded volume is kept in `.NAME.resume-KEY` beside out_dir
     until the bank is written (pieces.py). runner(sources, read_options, plan): where volumes are
@@ -304,40 +343,56 @@ def build_bank(
     checkpoint = encoder.info.checkpoint if encoder is not None else None
     inputs = (train_dir, checkpoint, grouping_file)
     check_output(out_dir, "bank", inputs)  # before hours of encoding, and again at save
-    grouping = read_grouping_file(grouping_file) if grouping_file else None
     sources, skipped = find_scans_required(train_dir)
     sources, duplicates = split_duplicates(sources)
     root = os.fspath(train_dir)
-    found_subjects = {(s.path, s.series_uid): subject_of(s, root, grouping) for s in sources}
+    found, subject_warnings = training_subjects(sources, root, grouping_file, subject_pattern)
     encoder = encoder or settings.encoder()
     check_encoder(encoder, settings)
     # Each encoded volume is kept beside out_dir until the bank is written: a killed build
     # started again encodes only the volumes it had not finished (pieces.py).
     options, plan = settings.read_options(), encoding_plan(settings, len(sources))
+    run = runner(sources, options, plan) if runner else None
     train, resume = encode_resumable(
-        sources,
-        encoder,
-        options,
-        plan,
-        out_dir,
-        job,
-        runner(sources, options, plan) if runner else None,
-        run_settings,
+        sources, encoder, options, plan, out_dir, job, run, run_settings
     )
     train.skipped = list(skipped) + train.skipped
     job.report(CALIBRATION_STAGE, 0, 1)
     provenance = {
         "training_folder": root,
         "duplicates": [asdict(d) for d in duplicates],
-        "subjects_from": sorted({s.how for s in found_subjects.values()}),
+        "subjects_from": sorted({s.how for s in found.values()}),
+        "subject_warnings": subject_warnings,
     }
-    subjects = {k: s.key for k, s in found_subjects.items()}
+    subjects = {k: s.key for k, s in found.items()}
     bank = bank_from_features(train, settings, encoder.info, job, provenance, subjects)
     job.report(CALIBRATION_STAGE, 1, 1)
     job.check()
     bank.save(out_dir, inputs)
     resume.remove()
     return bank
+
+
+def training_subjects(
+    sources: list[ScanSource],
+    root: str,
+    grouping_file: str | os.PathLike | None,
+    subject_pattern: str | None,
+) -> tuple[dict[tuple[str, str], Subject], list[str]]:
+    """The subject of every training input (scans/subjects.py) and the warnings about
+    them; InputError, before any encoding, when they are all one subject."""
+    grouping = read_grouping_file(grouping_file) if grouping_file else None
+    pattern = compile_subject_pattern(subject_pattern)
+    found = {(s.path, s.series_uid): subject_of(s, root, grouping, pattern) for s in sources}
+    found, all_one = one_subject_each_if_all_one(found)
+    if len(sources) >= 2 and len({s.key for s in found.values()}) < 2:
+        raise InputError(
+            f"Calibration needs training scans of at least 2 subjects; all {len(sources)} "
+            f"inputs in {root} belong to one subject ({next(iter(found.values())).how}). "
+            "Check --subjects or --subject-pattern."
+        )
+    images = {(s.path, s.series_uid) for s in sources if s.is_stack_entry or is_raster(s.path)}
+    return found, [w for w in (all_one, subject_warning(found, images)) if w]
 
 
 def encoding_plan(settings: BankSettings, n_sources: int) -> EncodingPlan:

@@ -68,6 +68,14 @@ class FeatureBank:
     series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
     # stage 3's compact copy of each training volume (None without the volume stage)
     compact_volumes: CompactVolumeStore | None = None
+    # With stage 3: the null of the stage-1-2 statistic of the same held-out slices, which
+    # judges 2D images (they have no volume to register). None without stage 3.
+    planar_null: NullModel | None = None
+    # per training volume: "volume", "image" or "image-px" (scans/sources.py); empty: volumes
+    volume_kinds: list[str] = field(default_factory=list)
+
+    def kind_of(self, vid: int) -> str:
+        return self.volume_kinds[vid] if self.volume_kinds else "volume"
 
     def __len__(self) -> int:
         return len(self.index)
@@ -117,6 +125,45 @@ class FeatureBank:
         """The per-slice statistic that MI and ONI calibrate."""
         return self.combination.statistic(result)
 
+    @property
+    def planar_combination(self) -> Combination:
+        """The stages a 2D image has (1 and 2), combined as the bank's statistic combines
+        them (the same per-stage nulls)."""
+        if self.compact_volumes is None:
+            return self.combination
+        if not self.settings.verify:
+            return Combination(verify=False)
+        return Combination(True, self.combination.nulls[:2], self.combination.gate)
+
+    def calibrate(self, result: StageResult, planar: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(statistic, p-value, ONI) per query slice. planar [n] marks slices of 2D images:
+        with stage 3 they have no volume score, so they are judged by the stage-1-2
+        statistic and its own null, fitted on the very same held-out training slices."""
+        planar = np.asarray(planar, bool)
+        if self.compact_volumes is None or not planar.any():
+            statistic = self.statistic(result)
+            return statistic, self.null.p_value(statistic), self.null.oni(statistic)
+        if self.planar_null is None:
+            raise BankError(
+                f"The bank {self.path or ''} was built before 2D images could be scored "
+                "against a bank with the volume stage; rebuild it to score 2D images."
+            )
+        s1 = result.stage1.similarity
+        s2 = result.alignment.score if result.alignment is not None else None
+        statistic = np.zeros(len(planar))
+        p, oni = np.ones(len(planar)), np.zeros(len(planar))
+        flat = self.planar_combination.statistic_of(pick(s1, planar), pick(s2, planar))
+        statistic[planar] = flat
+        p[planar], oni[planar] = self.planar_null.p_value(flat), self.planar_null.oni(flat)
+        solid = ~planar
+        if solid.any():
+            full = self.combination.statistic_of(
+                pick(s1, solid), pick(s2, solid), pick(result.volume_ncc, solid)
+            )
+            statistic[solid] = full
+            p[solid], oni[solid] = self.null.p_value(full), self.null.oni(full)
+        return statistic, p, oni
+
     def load_encoder(
         self,
         checkpoint: str | os.PathLike | None = None,
@@ -162,6 +209,8 @@ class FeatureBank:
                 np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
             np.save(tmp / "thumbnail_mm.npy", self.thumbnail_mm.astype(np.float64))
             np.savez(tmp / "null.npz", **self.null.to_arrays())
+            if self.planar_null is not None:
+                np.savez(tmp / "null_2d.npz", **self.planar_null.to_arrays())
             if self.combination.verify:
                 np.savez(tmp / "null_stages.npz", **self.combination.to_arrays())
             if self.compact_volumes is not None:
@@ -179,9 +228,11 @@ class FeatureBank:
                     "slice_reading": asdict(self.settings.read_options()),
                     "n_slices": len(self),
                     "volumes": [
-                        {"path": p, "series_uid": u, "series_name": n}
-                        for p, u, n in zip(
-                            self.volumes, self.series_uids, self.names_per_volume(), strict=True
+                        {"path": p, "series_uid": u, "series_name": n, "kind": self.kind_of(k)}
+                        for k, (p, u, n) in enumerate(
+                            zip(
+                                self.volumes, self.series_uids, self.names_per_volume(), strict=True
+                            )
                         )
                     ],
                     "shrinkage": {
@@ -240,8 +291,10 @@ class FeatureBank:
             volumes=volumes,
             series_uids=[str(v.get("series_uid", "")) for v in manifest["volumes"]],
             series_names=[str(v.get("series_name", "")) for v in manifest["volumes"]],
+            volume_kinds=[str(v.get("kind", "volume")) for v in manifest["volumes"]],
             thumbnail_mm=arrays["thumbnail_mm"],
             null=arrays["null"],
+            planar_null=arrays["planar_null"],
             combination=arrays["combination"],
             manifest=manifest,
             path=str(path),
@@ -267,6 +320,11 @@ class FeatureBank:
                 + "; ".join(problems)
                 + ". Score with the bank's settings or rebuild the bank."
             )
+
+
+def pick(scores: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    """scores[rows], None staying None (a stage that is off)."""
+    return None if scores is None else np.asarray(scores)[rows]
 
 
 def _normal(value):
@@ -315,17 +373,7 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
             f"Bank file {path / 'slice_volume_ids.npy'} names volumes the manifest does not "
             "list. Rebuild the bank."
         )
-    null_keys = tuple(NullModel.__dataclass_fields__)
-    n_stages = 3 if settings.volume_stage else 2
-    stage_keys = tuple(f"stage{i}_{k}" for i in range(1, n_stages + 1) for k in null_keys) + (
-        "stage2_gate",
-    )
-    try:
-        null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
-        stages = load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {}
-        combination = Combination.from_arrays(settings.verify, stages, n_stages)
-    except (TypeError, ValueError) as exc:
-        raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
+    null, planar_null, combination = _load_nulls(path, settings, manifest)
     return {
         "whiteners": whiteners,
         "vectors": load_layers(path, manifest, settings.layers, vectors) if compressed else vectors,
@@ -335,11 +383,31 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "thumbnails": per_slice.get("thumbnails.npy", no_images(len(ids))),
         "thumbnail_mm": per_slice["thumbnail_mm.npy"],
         "null": null,
+        "planar_null": planar_null,
         "combination": combination,
         "compact_volumes": _load_compact_volumes(path, n_volumes)
         if settings.volume_stage
         else None,
     }
+
+
+def _load_nulls(path: Path, settings: BankSettings, manifest: dict):
+    """(null, planar null or None, stage combination) of a bank (BankError if damaged)."""
+    null_keys = tuple(NullModel.__dataclass_fields__)
+    n_stages = 3 if settings.volume_stage else 2
+    stage_keys = tuple(f"stage{i}_{k}" for i in range(1, n_stages + 1) for k in null_keys) + (
+        "stage2_gate",
+    )
+    try:
+        null = NullModel.from_arrays(load_npz(path, "null.npz", null_keys))
+        planar_null = None  # banks from before 2D inputs have none
+        if "null_2d.npz" in manifest.get("files", {}):
+            planar_null = NullModel.from_arrays(load_npz(path, "null_2d.npz", null_keys))
+        stages = load_npz(path, "null_stages.npz", stage_keys) if settings.verify else {}
+        combination = Combination.from_arrays(settings.verify, stages, n_stages)
+    except (TypeError, ValueError) as exc:
+        raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
+    return null, planar_null, combination
 
 
 def _load_compact_volumes(path: Path, n_volumes: int) -> CompactVolumeStore:

@@ -47,7 +47,7 @@ from ..scans import (
     SliceInfo,
     read_scan_reporting,
 )
-from ..scans.sources import slice_infos
+from ..scans.sources import VOLUME, slice_infos
 from ..search.volume_stage import CompactVolume
 from .encoder import Encoder, to_numpy
 from .preprocessing import PreprocessSpec, prepare_canvas, thumbnails
@@ -74,8 +74,21 @@ class FeatureSet:
     thumbnail_mm: np.ndarray  # [N] millimetres per thumbnail pixel
     skipped: list[SkippedInput] = field(default_factory=list)
     series_names: list[str] = field(default_factory=list)  # per volume, "" when not DICOM
-    # per volume, for stage 3 (search/volume_stage.py); empty when not asked for
-    compact_volumes: list[CompactVolume] = field(default_factory=list)
+    # per volume, for stage 3 (search/volume_stage.py); empty when not asked for, None for
+    # a 2D image (stage 3 registers volumes)
+    compact_volumes: list[CompactVolume | None] = field(default_factory=list)
+    # per volume: VOLUME, IMAGE or IMAGE_PX (scans/sources.py); empty means all volumes
+    volume_kinds: list[str] = field(default_factory=list)
+
+    def kind_of(self, vid: int) -> str:
+        return self.volume_kinds[vid] if self.volume_kinds else VOLUME
+
+    def is_2d(self, vid: int) -> bool:
+        return self.kind_of(vid) != VOLUME
+
+    @property
+    def has_2d(self) -> bool:
+        return any(k != VOLUME for k in self.volume_kinds)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -145,6 +158,7 @@ class EncodedVolume:
     thumbnail_mm: np.ndarray  # [n]
     flip_rows: np.ndarray  # rows of this volume also encoded through the extra flips
     compact: CompactVolume | None = None
+    kind: str = VOLUME  # or IMAGE, IMAGE_PX: a 2D image (scans/sources.py)
     features: list[np.ndarray] = field(default_factory=list)  # per layer [n, D]
     flip_features: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
@@ -217,6 +231,7 @@ class _Collector:
             ),
             skipped=skipped,
             compact_volumes=[v.compact for v in volumes] if self.keep_compact else [],
+            volume_kinds=[v.kind for v in volumes],
         )
 
 
@@ -278,9 +293,10 @@ def prepare_volume(
         flip_rows=rows,
         compact=(
             CompactVolume.of(volume.image, bounds, plan.volume_grid_mm)
-            if plan.volume_grid_mm is not None
+            if plan.volume_grid_mm is not None and not volume.is_2d
             else None
         ),
+        kind=volume.kind,
     )
     return PreparedVolume(Piece(encoded, list(dropped)), canvases)
 
@@ -453,6 +469,7 @@ class EncodedFiles:
             "layers": len(v.features),
             "flips": list(v.flip_features),
             "compact": v.compact is not None,
+            "kind": v.kind,
         }
         arrays = {name: getattr(v, name) for name in _VOLUME_ARRAYS}
         for layer, f in enumerate(v.features):
@@ -481,6 +498,7 @@ class EncodedFiles:
             series_name=m["series_name"],
             warnings=list(m["warnings"]),
             compact=compact,
+            kind=m.get("kind", VOLUME),
             features=[arrays[f"features.{k}"] for k in range(n_layers)],
             flip_features={
                 f: [arrays[f"flip.{f}.{k}"] for k in range(n_layers)] for f in m["flips"]

@@ -129,6 +129,39 @@ def _encoder_note(s: dict) -> str:
     )
 
 
+def _image_set_section(s: dict) -> str:
+    """The headline of a set of 2D images: share of copies with its interval, and the
+    training subjects copied, most first (scoring/image_set.py)."""
+    images = s.get("images")
+    if not images:
+        return ""
+    esc = html.escape
+    low, high = images["share_flagged_ci95"]
+    c_low, c_high = images["estimated_copy_share_ci95"]
+    rows = "".join(
+        f"<tr><td>{esc(str(r['subject']))}</td><td>{r['copies']}</td>"
+        f"<td>{r['training_files']}</td><td>{esc(r['example'])}</td></tr>"
+        for r in images["copies_per_training_subject"]
+    )
+    units = (
+        f"<p>{images['pixel_units']} images carry no pixel size (raster or NumPy files): "
+        "their poses are in pixels.</p>"
+        if images["pixel_units"]
+        else ""
+    )
+    stage3 = f"<p>{esc(s['volume_stage_skipped'])}</p>" if s.get("volume_stage_skipped") else ""
+    return f"""<h2>2D images: the set</h2>
+<p><b>{images["n_flagged"]} of {images["n_images"]}</b> images flagged as copies
+({100 * images["share_flagged"]:.1f} %, 95 % interval {100 * low:.1f}-{100 * high:.1f} %).
+Estimated share of copies, after the alpha expected of novel images:
+<b>{100 * images["estimated_copy_share"]:.1f} %</b> ({100 * c_low:.1f}-{100 * c_high:.1f} %).
+Mean MI {images["mean_mi"]:.3f}, mean ONI {images["mean_oni"]:+.3f}.</p>{units}{stage3}
+<h3>Training subjects copied, most first</h3>
+<table><tr><th>training subject (group)</th><th>copies</th><th>training images copied</th>
+<th>example</th></tr>{rows or "<tr><td colspan=4>none</td></tr>"}</table>
+"""
+
+
 def render_html(result: ScoreResult, bank: FeatureBank) -> str:
     """The whole page; most of this function is the page's template."""
     s = result.summary
@@ -161,6 +194,7 @@ figure{{margin:0;text-align:center;font-size:12px}}img{{image-rendering:pixelate
 </style></head><body>
 <h1>Memorization Index report</h1>
 {encoder_note}
+{_image_set_section(s)}
 <p><b>{s["n_volumes_flagged"]} of {s["n_volumes"]}</b> synthetic volumes flagged as copies;
 {s["n_slices_flagged"]} of {s["n_slices"]} slices flagged
 ({100 * s["fraction_slices_flagged"]:.1f} %, alpha = {s["alpha"]}).

@@ -253,6 +253,8 @@ def read_dicom(source: ScanSource) -> tuple[sitk.Image, list[str], list[SkippedI
 
 def is_dicom_source(source: ScanSource) -> bool:
     """A source read as DICOM: a series (files, UID or folder), or a DICOM file."""
+    if source.is_stack_entry:
+        return False
     if source.files or source.series_uid or os.path.isdir(source.path):
         return True
     return is_dicom_file(source.path)

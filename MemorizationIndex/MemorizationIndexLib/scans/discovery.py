@@ -11,6 +11,7 @@ import os
 
 from ..errors import InputError, unreachable_reason
 from .dicom import dicom_folder, is_dicom_file, single_dicom_source
+from .images import entry_index, is_array_file, is_raster, stack_entries
 from .sources import (
     DATA_SUFFIXES,
     FORMATS,
@@ -38,7 +39,7 @@ def _not_volume_reason(path: str) -> str:
             f"{path} is a raw data file, but no header next to it (.mhd, .nhdr or .hdr) "
             "names it, so its size and geometry are unknown."
         )
-    return f"{path} is not a volume format MemorizationIndex reads ({FORMATS})."
+    return f"{path} is not an image format MemorizationIndex reads ({FORMATS})."
 
 
 def header_data_files(path: str, suffix: str) -> set[str]:
@@ -100,8 +101,10 @@ def find_scans(root: str | os.PathLike) -> tuple[list[ScanSource], list[SkippedI
     path = _check_root(root)
     if os.path.isfile(path):
         name = os.path.basename(path)
-        if suffix_in(name, VOLUME_SUFFIXES):
+        if suffix_in(name, VOLUME_SUFFIXES) or is_raster(name):
             return [ScanSource(path=path)], []
+        if is_array_file(name):
+            return _stack_sources(path)
         if is_dicom_file(path):
             return [single_dicom_source(path)], []
         folder = os.path.dirname(path) or "."
@@ -128,7 +131,7 @@ def find_scans(root: str | os.PathLike) -> tuple[list[ScanSource], list[SkippedI
         found, bad = _scan_folder(dirpath, sorted(filenames))
         sources.extend(found)
         skipped.extend(bad)
-    sources.sort(key=lambda s: (_path_key(s.path), s.files[:1], s.series_uid))
+    sources.sort(key=lambda s: (_path_key(s.path), s.files[:1], _entry_order(s)))
     skipped.sort(key=lambda s: _path_key(s.path))
     return sources, skipped
 
@@ -139,12 +142,18 @@ def _scan_folder(dirpath: str, names: list[str]) -> tuple[list[ScanSource], list
     volumes: list[str] = []
     dicom: list[str] = []
     others: list[str] = []
+    stacks: list[ScanSource] = []
+    skipped: list[SkippedInput] = []
     for name in names:
         if name in data_files:
             continue
         full = os.path.join(dirpath, name)
-        if suffix_in(name, VOLUME_SUFFIXES):
+        if suffix_in(name, VOLUME_SUFFIXES) or is_raster(name):
             volumes.append(name)
+        elif is_array_file(name):
+            found, bad = _stack_sources(full)
+            stacks.extend(found)
+            skipped.extend(bad)
         elif name.lower() == "dicomdir":
             others.append(name)  # an index of other files, not an image
         elif is_dicom_file(full):
@@ -152,16 +161,35 @@ def _scan_folder(dirpath: str, names: list[str]) -> tuple[list[ScanSource], list
         else:
             others.append(name)
     sources: list[ScanSource] = []
-    skipped: list[SkippedInput] = []
     claimed: set[str] = set()
     if dicom:
-        sources, claimed, skipped = dicom_folder(dirpath, names, dicom)
+        sources, claimed, bad = dicom_folder(dirpath, names, dicom)
+        skipped.extend(bad)
     sources.extend(ScanSource(path=os.path.join(dirpath, n)) for n in volumes)
+    sources.extend(stacks)
     skipped.extend(
         SkippedInput(full, _not_volume_reason(full))
         for full in (os.path.join(dirpath, n) for n in others if n not in claimed)
     )
     return sources, skipped
+
+
+def _stack_sources(path: str) -> tuple[list[ScanSource], list[SkippedInput]]:
+    """One source per image of a NumPy stack (.npy, .npz), and what of it holds none."""
+    try:
+        entries, problems = stack_entries(path)
+    except InputError as exc:
+        return [], [SkippedInput(path, str(exc))]
+    return [ScanSource(path=path, series_uid=e) for e in entries], [
+        SkippedInput(path, problem) for problem in problems
+    ]
+
+
+def _entry_order(source: ScanSource) -> tuple[str, int]:
+    """DICOM series by UID; the images of a stack by array, then by index (2 before 10)."""
+    if source.is_stack_entry:
+        return source.series_uid.rsplit("[", 1)[0], entry_index(source.series_uid)
+    return source.series_uid, 0
 
 
 def _path_key(path: str) -> list[str]:

@@ -20,6 +20,15 @@ import SimpleITK as sitk
 from ..errors import InputError, unreachable_reason
 from .dicom import is_dicom_file, is_dicom_source, read_dicom, single_dicom_source
 from .discovery import find_scans, header_data_files
+from .images import (
+    entry_index,
+    image_on_pixel_grid,
+    is_array_file,
+    is_raster,
+    read_raster,
+    read_stack_entry,
+    stack_entries,
+)
 from .slicing import ReadOptions, canonical_volume
 from .sources import ScanSource, ScanVolume, SkippedInput, quietly, reader_reason, suffix_in
 
@@ -161,11 +170,17 @@ def _with_nonfinite_restored(path: str, image: sitk.Image) -> sitk.Image:
     return restored
 
 
-def _read_file(path: str) -> sitk.Image:
+def _readable(path: str) -> str:
+    """The path of an existing file we may read (InputError naming it otherwise)."""
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist or is not a file{unreachable_reason(path)}.")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path} cannot be read: permission denied.")
+    return path
+
+
+def _read_file(path: str) -> sitk.Image:
+    _readable(path)
     if suffix_in(path, (".nii", ".nii.gz", ".hdr")):
         problem = _nifti_truncation(path)
         if problem:
@@ -198,14 +213,29 @@ def read_scan_reporting(
     """
     if not os.path.exists(source.path) and not source.files:
         raise InputError(f"{source.path} does not exist{unreachable_reason(source.path)}.")
-    if is_dicom_source(source):
+    known, skipped = True, []
+    if source.is_stack_entry:
+        values, warnings = read_stack_entry(source.path, source.series_uid)
+        image, known = image_on_pixel_grid(values), False
+    elif is_raster(source.path):
+        values, warnings = read_raster(_readable(source.path))
+        image, known = image_on_pixel_grid(values), False
+    elif is_dicom_source(source):
         image, warnings, skipped = read_dicom(source)
     else:
-        image, warnings, skipped = _read_file(source.path), [], []
+        image, warnings = _read_file(source.path), []
     volume = canonical_volume(
-        image, source.path, options or ReadOptions(), source.series_uid, warnings, name=source.label
+        image,
+        source.path,
+        options or ReadOptions(),
+        source.series_uid,
+        warnings,
+        name=source.label,
+        pixel_size_known=known,
     )
     volume.series_name = source.series_name
+    if source.is_stack_entry:
+        volume.slice_indices = np.array([entry_index(source.series_uid)], np.int64)
     return volume, skipped
 
 
@@ -221,6 +251,14 @@ def read_scan(
         path = os.fspath(source)
         dicom = os.path.isfile(path) and is_dicom_file(path)
         source = single_dicom_source(path) if dicom else ScanSource(path=path)
+        if is_array_file(path):
+            entries, _ = stack_entries(path)
+            if len(entries) != 1:
+                raise InputError(
+                    f"{path} holds {len(entries)} images; read one as "
+                    f"ScanSource(path, entry), e.g. entry {entries[0] if entries else '[0]'!r}."
+                )
+            source = ScanSource(path=path, series_uid=entries[0])
     volume, _ = read_scan_reporting(source, options)
     return volume
 

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, SettingsError
-from .sources import ScanVolume, quietly, reader_reason
+from .sources import IMAGE, IMAGE_PX, VOLUME, ScanVolume, quietly, reader_reason
 
 # Slice-level foreground: a voxel is foreground above BACKGROUND_LEVEL of the way from the
 # volume's 1st to its 99th intensity percentile; a slice is kept when at least
@@ -89,9 +89,13 @@ def _to_scalar_3d(image: sitk.Image, source: str, warnings: list[str]) -> sitk.I
     """First 3D volume of a 4D+ image, mean of vector components, float32."""
     dim = image.GetDimension()
     size = image.GetSize()
-    if dim < 3:
+    if dim == 2:  # a 2D file (NIfTI, NRRD, MetaImage): a volume of one slice
+        image = sitk.JoinSeries([image])
+        dim, size = 3, image.GetSize()
+    if dim < 2:
         raise InputError(
-            f"{source} is a {dim}D image ({_size_text(size)}); MemorizationIndex needs a 3D volume."
+            f"{source} is a {dim}D image ({_size_text(size)}); MemorizationIndex needs a "
+            "2D image or a 3D volume."
         )
     if dim > 3:
         image = sitk.Extract(image, list(size[:3]) + [0] * (dim - 3), [0] * dim)
@@ -127,10 +131,9 @@ def _oriented(image: sitk.Image, name: str, warnings: list[str]) -> sitk.Image:
         image = _to_scalar_3d(image, name, warnings)
         size = image.GetSize()
         wide = [s for s in size if s > 1]
-        if len(wide) < 3:
-            shown = _size_text(wide) if len(wide) == 2 else _size_text(size)
+        if len(wide) < 2:
             raise InputError(
-                f"{name} is a 2D image ({shown}); MemorizationIndex needs a 3D volume."
+                f"{name} is a {_size_text(size)} image, neither a 2D image nor a 3D volume."
             )
         if image.GetDirection() != _IDENTITY:
             image = sitk.DICOMOrient(image, _CANONICAL)
@@ -244,13 +247,22 @@ def canonical_volume(
     series_uid: str,
     warnings: list[str],
     name: str = "",
+    pixel_size_known: bool = True,
 ) -> ScanVolume:
-    """Canonical slices of one image; `name` is how messages call it (default: source)."""
+    """Canonical slices of one image; `name` is how messages call it (default: source).
+
+    An image one voxel thick along some axis is a 2D image: its one slice is cut along that
+    axis, whatever options.axis says, and kept unless it is blank (no stride applies).
+    pixel_size_known: False for files without geometry (the pixel grid is the unit)."""
     warnings = list(warnings)
     name = name or source
     image = _oriented(image, name, warnings)
-    axis = _AXIS_OF[options.axis]
-    nz, ny, nx = sitk.GetArrayViewFromImage(image).shape
+    shape = sitk.GetArrayViewFromImage(image).shape  # (z, y, x)
+    flat = [a for a in range(3) if shape[a] == 1]
+    axis = flat[0] if flat else _AXIS_OF[options.axis]
+    if flat:
+        options = ReadOptions(axis=AXES[axis], stride=1, min_foreground=options.min_foreground)
+    nz, ny, nx = shape
     rows, cols = {0: (ny, nx), 1: (nz, nx), 2: (nz, ny)}[axis]
     if min(rows, cols) < MIN_INPLANE:
         raise InputError(
@@ -262,7 +274,9 @@ def canonical_volume(
     bounds = _inlier_bounds(values, name, warnings)
     kept = _kept_slices(values, axis, options, name)
     slices, positions, spacing = _cut(image, values, kept, axis)
+    kind = VOLUME if not flat else (IMAGE if pixel_size_known else IMAGE_PX)
     return ScanVolume(
+        kind=kind,
         source=source,
         series_uid=series_uid,
         slices=slices,

@@ -21,12 +21,18 @@ DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 DATA_SUFFIXES = (".raw.gz", ".raw", ".zraw", ".img.gz", ".img")
 
 
-FORMATS = "NIfTI, NRRD, MetaImage, DICOM"
+FORMATS = "NIfTI, NRRD, MetaImage, DICOM; 2D: PNG, JPEG, TIFF, BMP, .npy, .npz"
+STACK_SUFFIXES = (".npy", ".npz")  # NumPy stacks: each image an entry (images.py)
+
+# What a ScanVolume holds: a volume, a 2D image with a physical pixel size (DICOM, NIfTI),
+# or a 2D image whose pixel size is unknown (raster files and NumPy stacks: units are px).
+VOLUME, IMAGE, IMAGE_PX = "volume", "image", "image-px"
 
 
 @dataclass(frozen=True)
 class ScanSource:
-    """One volume to read: a file, or a DICOM series (its folder, UID and files)."""
+    """One volume to read: a file, a DICOM series (its folder, UID and files), or one image
+    of a NumPy stack (the file, and its entry in series_uid: "[12]", "arr_0[12]")."""
 
     path: str
     series_uid: str = ""
@@ -34,8 +40,15 @@ class ScanSource:
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription, e.g. "3 T1 MPRAGE"
 
     @property
+    def is_stack_entry(self) -> bool:
+        """One image of a NumPy stack (series_uid holds its entry, e.g. "arr_0[12]")."""
+        return bool(self.series_uid) and bool(suffix_in(self.path, STACK_SUFFIXES))
+
+    @property
     def label(self) -> str:
         """How messages name this volume."""
+        if self.is_stack_entry:
+            return f"{self.path}:{self.series_uid}"
         if self.series_uid:
             name = f"{self.series_name} " if self.series_name else ""
             return f"DICOM series {name}({self.series_uid}) in {self.path}"
@@ -76,6 +89,11 @@ class ScanVolume:
     # Values outside these are outliers (hot voxels), left out of every intensity range.
     intensity_bounds: tuple[float, float] = (-np.inf, np.inf)
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
+    kind: str = VOLUME  # VOLUME, IMAGE or IMAGE_PX (a 2D image: one slice, no volume)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.kind != VOLUME
 
     def slice_infos(self) -> list[SliceInfo]:
         return slice_infos(self.source, self.series_uid, self.slice_indices, self.positions)

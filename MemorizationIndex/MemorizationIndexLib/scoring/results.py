@@ -109,6 +109,9 @@ class SliceResult(_Row):
     top_matches: str = ""
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription of the volume...
     match_series_name: str = ""  # ...and of the matched training volume
+    # "px" when this or the matched image has no pixel size (a raster file, a NumPy
+    # stack): the shift columns are then in pixels of this image, not millimetres
+    units: str = "mm"
 
     def as_row(self) -> dict:
         """The slices.csv row, columns in file order."""
@@ -156,6 +159,8 @@ class SliceResult(_Row):
         for layer, value in self.layer_similarity.items():
             row[f"layer{layer}_similarity"] = value
         row["top_matches"] = self.top_matches
+        if self.units != "mm":
+            row["units"] = self.units
         return row
 
 
@@ -190,18 +195,31 @@ class VolumeResult(_Row):
     volume_match: str = ""
     aligned_similarity: float | None = None
     pose: RigidPose | None = None
+    # "volume", or a 2D image: "image" (pixel size from the file), "image-px" (none: the
+    # pose is in pixels); a 2D image has one slice and no volume stage
+    kind: str = "volume"
 
     def as_row(self) -> dict:
-        """The volumes.csv row, columns in file order (the pose columns with stage 3)."""
+        """The volumes.csv row, columns in file order (the pose columns with stage 3, the
+        kind for 2D images)."""
         row = {f.name: getattr(self, f.name) for f in fields(self)}
         row["transform"] = row.pop("flip")
         out = {k: row[k] for k in _VOLUME_ORDER}
+        if self.kind != "volume":
+            out["kind"] = self.kind
         if self.pose is not None:
             out["volume_match"] = self.volume_match
             out["aligned_similarity"] = self.aligned_similarity
             out.update(self.pose.summary())
             out["scale"] = 1.0  # rigid: the volume stage does not stretch
         return out
+
+    @property
+    def label(self) -> str:
+        """How the console names it: the path, with the entry of an image of a NumPy stack."""
+        if self.kind != "volume" and self.series_uid and self.volume.endswith((".npy", ".npz")):
+            return f"{self.volume}:{self.series_uid}"
+        return self.volume
 
     def pose_text(self) -> str:
         """The volume stage's finding in words: the registered training volume, the aligned

@@ -20,8 +20,10 @@ from ..encoding.features import FeatureSet, extract_features
 from ..errors import InputError, SettingsError
 from ..job import VERIFY_STAGE, Job
 from ..scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scans_required
+from ..scans.sources import IMAGE_PX
 from ..search.index import StageResult
 from ..search.volume_stage import VolumeMatch, VolumeStageResult, volume_stage
+from .image_set import image_set_summary
 from .results import ScoreResult, SliceResult, VolumeResult
 
 HIGH_QUANTILE = 0.9
@@ -65,11 +67,11 @@ def check_alpha(alpha: float) -> None:
         raise SettingsError(f"--alpha must lie strictly between 0 and 1 (got {alpha}).")
 
 
-def _calibrated(bank: FeatureBank, stages: StageResult, alpha: float):
+def _calibrated(bank: FeatureBank, queries: FeatureSet, stages: StageResult, alpha: float):
     """(statistic, p, mi, oni, flagged) per slice, arrays [n]."""
-    statistic = bank.statistic(stages)
-    p = bank.null.p_value(statistic)
-    return statistic, p, 1.0 - p, bank.null.oni(statistic), p <= alpha
+    planar = np.array([queries.is_2d(int(v)) for v in queries.volume_ids], bool)
+    statistic, p, oni = bank.calibrate(stages, planar)
+    return statistic, p, 1.0 - p, oni, p <= alpha
 
 
 def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -> dict:
@@ -99,26 +101,35 @@ def volume_stage_of(bank: FeatureBank, queries: FeatureSet, stages: StageResult,
     the scoring side of build.held_out_volume_stage."""
     if bank.compact_volumes is None:
         return None
+    # 2D images have no volume to register: stage 3 runs on the slices of volumes only.
+    solid = np.array([not queries.is_2d(int(v)) for v in queries.volume_ids], bool)
+    if not solid.any():
+        return None
     if len(queries.compact_volumes) != len(queries.volumes):
         raise SettingsError(
             "This bank verifies whole volumes (stage 3): encode the synthetic scans with "
             f"extract_features(..., volume_grid_mm={bank.settings.volume_grid_mm})."
         )
-    rows = stages.match_rows
-    return volume_stage(
-        query_volumes=dict(enumerate(queries.compact_volumes)),
+    rows = np.flatnonzero(solid)
+    matched = stages.match_rows[rows]
+    result = volume_stage(
+        query_volumes={v: c for v, c in enumerate(queries.compact_volumes) if c is not None},
         training_volume=bank.compact_volumes.__getitem__,
-        query_vids=queries.volume_ids,
-        positions=queries.positions(),
-        thumbnail_mm=queries.thumbnail_mm,
-        matched_vids=bank.volume_ids[rows],
-        matched_positions=bank.positions[rows],
-        stage_scores=stages.stage_score,
+        query_vids=queries.volume_ids[rows],
+        positions=queries.positions()[rows],
+        thumbnail_mm=queries.thumbnail_mm[rows],
+        matched_vids=bank.volume_ids[matched],
+        matched_positions=bank.positions[matched],
+        stage_scores=stages.stage_score[rows],
         axis=bank.settings.axis,
         size=bank.settings.thumbnail_size,
         candidates=bank.settings.volume_candidates,
         check=job.check,
     )
+    scores = np.full(len(queries), np.nan)  # none for the slices of 2D images
+    scores[rows] = result.scores
+    result.scores = scores
+    return result
 
 
 def _volume_pose(bank: FeatureBank, match: VolumeMatch | None) -> dict:
@@ -177,7 +188,11 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
                     for j, layer in enumerate(bank.settings.layers)
                 },
                 top_matches=_top_matches(bank, best.topk[i], best.topk_similarity[i]),
-                volume_ncc=None if stages.volume_ncc is None else float(stages.volume_ncc[i]),
+                volume_ncc=_finite_or_none(stages.volume_ncc, i),
+                units=_units(
+                    queries.kind_of(int(queries.volume_ids[i])),
+                    bank.kind_of(int(bank.volume_ids[int(stages.match_rows[i])])),
+                ),
                 **_pose(bank, queries, stages, i),
             )
         )
@@ -217,6 +232,7 @@ def _volume_result(
         flip=max(set(flips), key=flips.count) if flips else "",
         flagged=bool(vol_p <= alpha),
         warnings=" | ".join(queries.volume_warnings[vid]),
+        kind=queries.kind_of(vid),
         **_volume_pose(bank, stage3.matches.get(vid) if stage3 is not None else None),
     )
 
@@ -239,13 +255,18 @@ def score_features(
     stage3 = volume_stage_of(bank, queries, stages, job)
     if stage3 is not None:
         stages.volume_ncc = stage3.scores
-    calibrated = _calibrated(bank, stages, alpha)
+    calibrated = _calibrated(bank, queries, stages, alpha)
     slices = _slice_results(bank, queries, stages, calibrated)
     volumes = [
         _volume_result(bank, queries, stages, calibrated, vid, alpha, stage3)
         for vid in range(len(queries.volumes))
     ]
     summary = dataset_summary(bank, slices, volumes, alpha, calibrated[3])
+    if bank.compact_volumes is not None and queries.has_2d:
+        summary["volume_stage_skipped"] = (
+            "Stage 3 registers volumes: the 2D images were judged by stages 1 and 2, against "
+            "the null of those stages on the same held-out training slices."
+        )
     skipped = list(skipped or []) + list(queries.skipped)
     summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     if stage3 is not None:
@@ -280,7 +301,11 @@ def dataset_summary(
     slice_flag = np.array([r.flagged for r in slice_rows], bool)
     frac = float(slice_flag.mean()) if n_slices else 0.0
     mi = np.array([r.mi for r in slice_rows])
+    images = image_set_summary(
+        slice_rows, volume_rows, alpha, bank.manifest.get("subject_groups"), bank.volumes
+    )
     return {
+        **({"images": images} if images else {}),
         "alpha": alpha,
         "n_volumes": n_vol,
         "n_slices": n_slices,
@@ -365,3 +390,15 @@ def score(
             + "; ".join(f"{s.path}: {s.reason}" for s in (skipped + queries.skipped)[:5])
         )
     return score_features(bank, queries, alpha, skipped, job=job)
+
+
+def _units(query_kind: str, match_kind: str) -> str:
+    """ "px" when either image of a pair has no pixel size (a pose is then in pixels)."""
+    return "px" if IMAGE_PX in (query_kind, match_kind) else "mm"
+
+
+def _finite_or_none(values: np.ndarray | None, i: int) -> float | None:
+    """values[i], or None where there is none (no stage 3, or the slice of a 2D image)."""
+    if values is None or not np.isfinite(values[i]):
+        return None
+    return float(values[i])
