@@ -178,7 +178,7 @@ def prepare_row(row: dict, sources, read_options, plan, spec, cwd: str) -> dict:
 
     _in_driver_folder(cwd)
     i = int(row["index"])
-    prepared = prepare_volume(sources[i], read_options, plan, spec)
+    prepared = prepare_volume(sources[i], read_options, plan, spec, index=i)
     return {"index": i, "prepared": prepared_to_bytes(prepared)}
 
 
@@ -226,7 +226,7 @@ class VolumeEncoder:
                 piece = encode_prepared(self.encoder, prepared, Job().step(None, 1))
             else:
                 source = self.sources[int(i)]
-                piece = encode_volume(source, self.encoder, self.read_options, self.plan)
+                piece = encode_volume(source, self.encoder, self.read_options, self.plan, int(i))
             packed.append(pack(*EncodedFiles.to_parts(piece)))
         return {"index": np.asarray(batch["index"]), "piece": np.array(packed, dtype=object)}
 

@@ -43,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
     p.add_argument(
         "--only",
-        choices=("all", "detection", "hard", "speed", "verification", "gpu", "scale"),
+        choices=("all", "detection", "hard", "speed", "images2d", "verification", "gpu", "scale"),
         default="all",
         help="all = detection + hard cohort + speed + stage-2 cost + reduced scale (CPU); "
-        "hard = the cohort of copies moved in 3D only; verification = stage 2's cost per "
+        "hard = the cohort of copies moved in 3D only; images2d = 2D image sets' build and "
+        "score rate against the encoder alone; verification = stage 2's cost per "
         "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
         "bank); scale = the engine on a compressed bank only",
     )
@@ -227,6 +228,12 @@ def main(argv=None) -> int:
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)
         sections.append(speed_markdown(speed_section, DESIGN_ANCHORS))
+    if args.only in ("all", "images2d"):
+        from Testing.benchmarks import image_set_speed
+
+        print("2D image sets: reading and batching against the encoder alone ...", flush=True)
+        results["images2d"] = image_set_speed.run()
+        sections.append(image_set_speed.markdown(results["images2d"]))
     if args.only in ("all", "verification"):
         from Testing.benchmarks import verification_cost
 

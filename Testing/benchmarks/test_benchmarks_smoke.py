@@ -344,3 +344,16 @@ def test_scale_engine_runs_the_engine_on_a_compressed_bank():
     assert 0 < result["ram_bytes_per_slice"] < result["disk_bytes_per_slice"]
     assert [e["workers"] for e in result["extrapolation"]] == [1, 8, 64]
     assert "Engine at scale" in scale_engine.markdown(result)
+
+
+def test_image_set_speed_runs_every_stage_and_reports_shares():
+    """The 2D set benchmark on a few images: every stage timed, every share a fraction."""
+    from Testing.benchmarks import image_set_speed
+
+    result = image_set_speed.run(n_images=24, image_size=32)
+    build, score = result["build"], result["score"]
+    assert build["encodings"] >= 24 and score["encodings"] == 24 * 3  # three query views
+    assert 0 < build["share_of_encoder"] and 0 < score["encoder_share_of_scoring"] < 1
+    assert build["cli_images_per_s"] > 0 and score["images_per_s"] > 0
+    text = image_set_speed.markdown(result)
+    assert "2D image sets: 24 PNG slices" in text and "share of the encoder's rate" in text

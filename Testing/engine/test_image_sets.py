@@ -234,3 +234,68 @@ def test_a_bank_of_pngs_scores_a_volume_slice_by_slice(png_bank, slice_cohort, t
     volumes = list(csv.DictReader(open(tmp_path / "report" / "volumes.csv", encoding="utf-8")))
     assert volumes[0]["flagged"] == "1"
     assert "subject02_z" in volumes[0]["match_volume"]
+
+
+# ---- many small images: batched encoding, blocks of scoring, the flip budget --------------
+
+
+def test_the_flip_budget_holds_when_inputs_outnumber_it():
+    """100,000 one-slice images and a budget of 3,000 flipped slices: every 33rd image is
+    seen flipped, not every image (which would triple the encoding)."""
+    from MemorizationIndexLib.encoding.features import EncodingPlan
+
+    plan = EncodingPlan.of(100_000, ("none", "hflip", "vflip"), 3000)
+    assert plan.flip_every == 33 and plan.flip_rows_per_volume == 1
+    assert sum(plan.flips_input(i) for i in range(100_000)) == pytest.approx(3000, rel=0.02)
+    volumes = EncodingPlan.of(40, ("none", "hflip"), 3000)
+    assert volumes.flip_every == 1 and volumes.flip_rows_per_volume == 75  # as before
+
+
+def test_small_inputs_are_encoded_together_with_the_same_features(slice_cohort):
+    """extract_features batches one-slice inputs into one network call: each image gets
+    the features it gets alone (to float precision), its own flips, in input order."""
+    from MemorizationIndexLib.bank.settings import BankSettings
+    from MemorizationIndexLib.encoding.features import extract_features
+    from MemorizationIndexLib.scans import find_scans_required
+
+    from ..conftest import TINY_LAYERS, tiny_encoder_config
+
+    settings = BankSettings(image_size=32, layers=TINY_LAYERS)
+    sources, _ = find_scans_required(slice_cohort["train"])
+    sources = sources[:10]
+    options = settings.read_options()
+    together = settings.encoder(config=tiny_encoder_config(), device="cpu", batch_size=8)
+    alone = settings.encoder(config=tiny_encoder_config(), device="cpu", batch_size=1)
+    kwargs = dict(flips=settings.flips, flip_budget=4, thumbnail_size=16)
+    a = extract_features(sources, together, options, **kwargs)
+    b = extract_features(sources, alone, options, **kwargs)
+    assert a.volumes == b.volumes == [s.path for s in sources]
+    for fa, fb in zip(a.features, b.features, strict=True):
+        np.testing.assert_allclose(fa, fb, rtol=1e-4, atol=1e-5)
+    assert {f: r.tolist() for f, r in a.flip_rows.items()} == {"hflip": [0, 2, 4, 6, 8]} | {
+        "vflip": [0, 2, 4, 6, 8]
+    }
+    for flip in a.flip_features:
+        for fa, fb in zip(a.flip_features[flip], b.flip_features[flip], strict=True):
+            np.testing.assert_allclose(fa, fb, rtol=1e-4, atol=1e-5)
+
+
+def test_images_are_scored_in_blocks_that_a_resumed_run_repeats_whole(small_bank, slice_cohort):
+    """score's runner scores 2D images a block at a time; a run that needs only some of a
+    block (a resumed one) scores the block whole and returns exactly the same rows."""
+    from MemorizationIndexLib.job import Job
+    from MemorizationIndexLib.scans import find_scans_required
+    from MemorizationIndexLib.scoring.resume import local_runner, run_options
+
+    bank, _ = small_bank
+    encoder = bank.load_encoder(device="cpu", batch_size=4)
+    sources, _ = find_scans_required(slice_cohort["train"])
+    sources = sources[:7]  # blocks [0-3] and [4-6]
+    options = run_options(bank, 0.01, None)
+    full = dict(local_runner(bank, sources, encoder, options, 0.01, Job())(list(range(7))))
+    resumed = dict(local_runner(bank, sources, encoder, options, 0.01, Job())([1, 5, 6]))
+    assert sorted(full) == list(range(7)) and sorted(resumed) == [1, 5, 6]
+    for i in resumed:
+        (a,), (b,) = full[i].result.slices, resumed[i].result.slices
+        assert a.as_row() == b.as_row()
+        assert full[i].result.volumes[0].volume == sources[i].path

@@ -119,6 +119,13 @@ class EncodingPlan:
     flip_rows_per_volume: int | None = None  # rows encoded through the extra flips
     thumbnail_size: int = 64
     volume_grid_mm: float | None = None  # keep a compact copy on this grid (stage 3)
+    # Only every n-th input (by its index) is seen through the extra flips: with more inputs
+    # than the budget (100,000 2D images, each one slice) one row each would blow it.
+    flip_every: int = 1
+
+    def flips_input(self, index: int) -> bool:
+        """Whether input number `index` of the run is also encoded through the flips."""
+        return index % self.flip_every == 0
 
     @classmethod
     def of(
@@ -134,11 +141,12 @@ class EncodingPlan:
         for flip in flips:
             if flip not in FLIPS:
                 raise SettingsError(f"Unknown flip {flip!r}; choose from {', '.join(FLIPS)}.")
-        per_volume = None
+        per_volume, every = None, 1
         if flip_budget is not None and n_sources:
             per_volume = max(1, math.ceil(flip_budget / n_sources))
+            every = max(1, n_sources // max(flip_budget, 1))
         extra = tuple(f for f in flips if f != "none")
-        return cls(extra, per_volume, thumbnail_size, volume_grid_mm)
+        return cls(extra, per_volume, thumbnail_size, volume_grid_mm, every)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -262,9 +270,11 @@ def prepare_volume(
     plan: EncodingPlan,
     spec: PreprocessSpec,
     pin: bool = False,
+    index: int = 0,
 ) -> PreparedVolume:
     """Read and preprocess one volume (all but the network); pin: page-locked canvases, for
-    copies to a CUDA device that do not block. An unusable input is a skipped input."""
+    copies to a CUDA device that do not block; index: the input's number in the run (which
+    inputs are seen flipped, EncodingPlan.flips_input). An unusable input is skipped."""
     if isinstance(source, ScanVolume):
         volume, dropped = source, []
     else:
@@ -273,9 +283,11 @@ def prepare_volume(
         except InputError as exc:
             return PreparedVolume(Piece(None, [SkippedInput(source.path, str(exc))]), {})
     rows = _evenly_spaced(len(volume), plan.flip_rows_per_volume)
+    if not plan.flips_input(index):
+        rows = rows[:0]
     bounds, spacing = volume.intensity_bounds, volume.pixel_spacing
     canvases = {"none": prepare_canvas(volume.slices, spacing, spec, "none", bounds)}
-    for flip in plan.extra_flips:
+    for flip in plan.extra_flips if len(rows) else ():
         canvases[flip] = prepare_canvas(volume.slices[rows], spacing, spec, flip, bounds)
     if pin:
         canvases = pinned(canvases)
@@ -318,9 +330,11 @@ def encode_prepared(encoder: Encoder, prepared: PreparedVolume, step: Step) -> P
     return prepared.piece
 
 
-def encode_volume(source, encoder: Encoder, read_options: ReadOptions, plan: EncodingPlan):
+def encode_volume(
+    source, encoder: Encoder, read_options: ReadOptions, plan: EncodingPlan, index: int = 0
+):
     """One volume's piece, read, prepared and encoded here (a Ray worker's unit of work)."""
-    prepared = prepare_volume(source, read_options, plan, encoder.spec, pins(encoder))
+    prepared = prepare_volume(source, read_options, plan, encoder.spec, pins(encoder), index)
     return encode_prepared(encoder, prepared, Job().step(None, 1))
 
 
@@ -357,8 +371,10 @@ class _Reader:
 
         def task(i: int) -> PreparedVolume:
             if processes is None:
-                return prepare_volume(self.sources[i], *self.args, pin=self.pin)
-            prepared = processes.submit(prepare_volume, self.sources[i], *self.args).result()
+                return prepare_volume(self.sources[i], *self.args, pin=self.pin, index=i)
+            prepared = processes.submit(
+                prepare_volume, self.sources[i], *self.args, False, i
+            ).result()
             if self.pin:
                 prepared.canvases = pinned(prepared.canvases)
             return prepared
@@ -414,11 +430,58 @@ def local_runner(
     reader = _Reader(sources, read_options, plan, encoder.spec, pins(encoder), read_workers)
 
     def run(pending: list[int]) -> Iterator[tuple[int, Piece]]:
-        base = len(sources) - len(pending)
-        for k, (i, prepared) in enumerate(reader.iterate(pending)):
-            yield i, encode_prepared(encoder, prepared, step.part(base + k, 1.0))
+        done = len(sources) - len(pending)
+        for group in _batches(reader.iterate(pending), encoder.batch_size):
+            if len(group) == 1:
+                i, prepared = group[0]
+                yield i, encode_prepared(encoder, prepared, step.part(done, 1.0))
+            else:
+                step.job.check()
+                encode_together(encoder, [prepared for _, prepared in group])
+                for k, (i, prepared) in enumerate(group):
+                    step.update(done + k + 1)
+                    yield i, prepared.piece
+            done += len(group)
 
     return run
+
+
+def _batches(prepared: Iterator[tuple[int, PreparedVolume]], batch_size: int):
+    """Consecutive prepared inputs grouped until their slices fill one encoder batch: a
+    2D image is one slice, and one network call per image would starve the encoder."""
+    group: list[tuple[int, PreparedVolume]] = []
+    filled = 0
+    for item in prepared:
+        n = _slices_of(item[1])
+        if group and filled + n > batch_size:
+            yield group
+            group, filled = [], 0
+        group.append(item)
+        filled += n
+    if group:
+        yield group
+
+
+def _slices_of(prepared: PreparedVolume) -> int:
+    return 0 if prepared.piece.result is None else len(prepared.canvases["none"])
+
+
+def encode_together(encoder: Encoder, group: list[PreparedVolume]) -> None:
+    """encode_prepared for several small inputs at once: each view's canvases in one
+    network call, the features handed back to each input's piece."""
+    live = [p for p in group if p.piece.result is not None]
+    views = list(dict.fromkeys(v for p in live for v in p.canvases))
+    for view in views:
+        owners = [p for p in live if view in p.canvases]
+        features = to_numpy(encoder.encode_canvas(torch.cat([p.canvases[view] for p in owners])))
+        bounds = np.cumsum([len(p.canvases[view]) for p in owners])[:-1]
+        parts = [np.split(f, bounds) for f in features]  # per layer, per owner
+        for k, p in enumerate(owners):
+            mine = [layer[k] for layer in parts]
+            if view == "none":
+                p.piece.result.features = mine
+            else:
+                p.piece.result.flip_features[view] = mine
 
 
 def extract_features(

@@ -37,6 +37,7 @@ from ..pieces import (  # Piece: a ScoreResult, or None and the reasons the volu
 )
 from ..pieces import run_key as run_key_of
 from ..scans import ReadOptions, ScanSource, SkippedInput, find_scans_required
+from ..scans.images import is_raster
 from ..search.verification import Alignments
 from ..search.volume_pose import RigidPose
 from ..search.volume_stage import volume_stage_totals
@@ -207,12 +208,90 @@ def merge_pieces(bank, pieces: list[Piece], alpha: float, skipped: list[SkippedI
 
 # ---- the run -------------------------------------------------------------------------------
 def local_runner(bank, sources, encoder: Encoder, options, alpha: float, job: Job) -> Runner:
+    """Volumes one at a time; 2D image files in blocks of batch_size (one network call and
+    one search per block instead of per image). A block is always scored whole, also when
+    a resumed run needs only part of it, so every image is computed in the same company
+    (and the same floating-point batch) in a resumed run as in an uninterrupted one."""
+    block_size = max(1, encoder.batch_size)
+
     def run(pending: list[int]) -> Iterator[tuple[int, Piece]]:
+        wanted = set(pending)
+        done_blocks = set()
         for i in pending:
             job.check()
-            yield i, score_volume(bank, sources[i], encoder, options, alpha)
+            if not _is_image_file(sources[i]):
+                yield i, score_volume(bank, sources[i], encoder, options, alpha)
+                continue
+            block = i // block_size
+            if block in done_blocks:
+                continue
+            done_blocks.add(block)
+            members = [
+                k
+                for k in range(block * block_size, min((block + 1) * block_size, len(sources)))
+                if _is_image_file(sources[k])
+            ]
+            pieces = score_images(bank, [sources[k] for k in members], encoder, options, alpha)
+            for k, piece in zip(members, pieces, strict=True):
+                if k in wanted:
+                    yield k, piece
 
     return run
+
+
+def _is_image_file(source: ScanSource) -> bool:
+    """A 2D image file or an image of a NumPy stack: one slice, scored in blocks."""
+    return source.is_stack_entry or is_raster(source.path)
+
+
+def score_images(bank, sources: list[ScanSource], encoder: Encoder, options, alpha) -> list:
+    """score_volume for each of several 2D images, encoded and searched together; one
+    piece per source (its result, or why it was skipped)."""
+    queries = encode_queries(bank, sources, encoder, options)
+    by_key = split_by_volume(score_features(bank, queries, alpha)) if len(queries) else {}
+    pieces = []
+    for source in sources:
+        result = by_key.get((source.path, source.series_uid))
+        if result is not None:
+            pieces.append(Piece(result))
+            continue
+        label = source.label
+        mine = [s for s in queries.skipped if s.path == source.path and label in s.reason]
+        pieces.append(Piece(None, mine or [SkippedInput(source.path, f"{label}: not read.")]))
+    return pieces
+
+
+def split_by_volume(result: ScoreResult) -> dict[tuple[str, str], ScoreResult]:
+    """A ScoreResult of several volumes as one per volume (merge_pieces joins them again)."""
+    keys = [(s.volume, s.series_uid) for s in result.slices]
+    out = {}
+    for volume in result.volumes:
+        key = (volume.volume, volume.series_uid)
+        rows = np.array([k == key for k in keys], bool)
+        alignment = result.alignment
+        if alignment is not None:
+            alignment = Alignments(
+                **{
+                    g.name: (
+                        [x for x, keep in zip(alignment.flip, rows, strict=True) if keep]
+                        if g.name == "flip"
+                        else np.asarray(getattr(alignment, g.name))[rows]
+                    )
+                    for g in fields(Alignments)
+                }
+            )
+        warnings = [w for w in result.summary.get("warnings", []) if w["volume"] == key[0]]
+        out[key] = ScoreResult(
+            slices=[s for s, keep in zip(result.slices, rows, strict=True) if keep],
+            volumes=[volume],
+            summary={"warnings": warnings},
+            skipped=[],
+            query_thumbnails=result.query_thumbnails[rows],
+            match_rows=result.match_rows[rows],
+            alpha=result.alpha,
+            alignment=alignment,
+        )
+    return out
 
 
 def score_resumable(
