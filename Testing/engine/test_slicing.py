@@ -320,12 +320,13 @@ def test_4d_images_use_their_first_volume():
     assert np.array_equal(single.slices, values[0]) and single.warnings == []
 
 
-def test_2d_images_are_refused_with_their_size():
-    with pytest.raises(InputError, match=r"flat is a 2D image \(16x16\); .* needs a 3D volume"):
-        scan_from_image(sitk.GetImageFromArray(coded(1, 16, 16)[0]), "flat")
-    with pytest.raises(InputError, match=r"thin is a 2D image \(17x16\)"):
-        scan_from_image(sitk.GetImageFromArray(coded(1, 16, 17)), "thin")
-    with pytest.raises(InputError, match=r"line is a 2D image \(17x1x1\)"):
+def test_2d_images_are_one_slice_and_a_line_is_refused_with_its_size():
+    flat = scan_from_image(sitk.GetImageFromArray(coded(1, 16, 16)[0]), "flat")
+    thin = scan_from_image(sitk.GetImageFromArray(coded(1, 16, 17)), "thin")
+    for image, rows, cols in ((flat, 16, 16), (thin, 16, 17)):
+        assert image.is_2d and image.slices.shape == (1, rows, cols)
+    np.testing.assert_array_equal(thin.slices[0], coded(1, 16, 17)[0])
+    with pytest.raises(InputError, match=r"line is a 17x1x1 image, neither a 2D image"):
         scan_from_image(sitk.GetImageFromArray(coded(1, 1, 17)), "line")
 
 

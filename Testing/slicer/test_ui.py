@@ -24,6 +24,9 @@ CONNECTORS = {
     "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox"},
     "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
     "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+    # Optional[Path]: the module's own OptionalPathLineEditConnector (an unset path shows
+    # empty, where Slicer's Path connector shows ".")
+    "OptionalPath": {"ctkPathLineEdit"},
 }
 
 
