@@ -326,19 +326,9 @@ def test_held_out_phantom_subjects_are_not_flagged(spine_run):
     assert result.summary["n_volumes"] == 4
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "bank/build.py near_duplicates (NEAR_DUPLICATE_SPREADS rule, lines ~164-169) takes "
-        "the median of the GATED stage-2 scores per volume; the gate (settle_share 0.6) "
-        "sets most held-out slices to -1, so most volumes' medians are -1, the MAD is 0 "
-        "(floored at 1e-6), and any volume whose median slice passes the gate and mostly "
-        "matches one other volume is called a near duplicate: here pairs of distinct phantom "
-        "subjects (whole-volume NCC ~0.26) are merged into one subject. Fix: judge on the "
-        "ungated check values (keep them in NullSearch), or on stage 1 when the MAD is 0."
-    ),
-)
 def test_distinct_phantom_subjects_are_not_near_duplicates(spine_run):
+    """Stage 2's gate settles most held-out slices at one score, so most volumes' median
+    is that score: near_duplicates then judges on stage 1 (it paired distinct subjects)."""
     _, bank, _, _ = spine_run
     import json
 
@@ -364,6 +354,13 @@ def test_a_thin_sagittal_series_is_read_with_the_default_settings():
     subject = sp.make_subject(SEED, 0, "T2", grid)
     volume = scan_from_image(subject.image(), "spine", BankSettings().read_options())
     assert len(volume.slice_indices) > 0
+
+
+def test_a_thin_sagittal_series_refused_on_the_axial_axis_names_the_axis_to_use():
+    grid = sp.SpineGrid(n_lr=15, n_si=64, n_ap=56, spacing_lr=4.0, spacing_si=4.5, spacing_ap=4.5)
+    subject = sp.make_subject(SEED, 0, "T2", grid)
+    with pytest.raises(InputError, match="use --axis sagittal"):
+        scan_from_image(subject.image(), "spine", BankSettings().read_options())
 
 
 def test_no_hidden_head_constant_in_the_phantom_run(spine_run):

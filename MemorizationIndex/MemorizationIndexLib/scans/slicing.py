@@ -265,9 +265,11 @@ def canonical_volume(
     nz, ny, nx = shape
     rows, cols = {0: (ny, nx), 1: (nz, nx), 2: (nz, ny)}[axis]
     if min(rows, cols) < MIN_INPLANE:
+        acquired = AXES[int(np.argmin(shape))]  # the fewest slices: the acquired plane
+        hint = f" It looks acquired {acquired}: use --axis {acquired}." if not flat else ""
         raise InputError(
             f"{name}: its {options.axis} slices are {rows}x{cols} pixels; MemorizationIndex "
-            f"needs at least {MIN_INPLANE} pixels on each side (the encoder's patch size)."
+            f"needs at least {MIN_INPLANE} pixels on each side (the encoder's patch size)." + hint
         )
     image = _finite(image, name, warnings)
     values = sitk.GetArrayViewFromImage(image)  # [z, y, x]
