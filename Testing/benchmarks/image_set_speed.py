@@ -152,10 +152,10 @@ def markdown(r: dict) -> str:
             "| stage | encoder alone | the pipeline | share of the encoder's rate |",
             "|---|---:|---:|---:|",
             f"| build-bank encoding (read, preprocess, batch; {b['encodings']} encodings) | "
-            f"{b['encoder_alone_per_s']:.0f}/s | {b['pipeline_per_s']:.0f}/s | "
+            f"{b['encoder_alone_per_s']:.1f}/s | {b['pipeline_per_s']:.1f}/s | "
             f"{100 * b['share_of_encoder']:.0f} % |",
             f"| score (encoding + search + stage 2; {s['encodings']} encodings) | "
-            f"{s['encoder_alone_per_s']:.0f}/s | {s['images_per_s']:.1f} images/s | "
+            f"{s['encoder_alone_per_s']:.1f}/s | {s['images_per_s']:.1f} images/s | "
             f"{100 * s['encoder_share_of_scoring']:.0f} % of the time is the encoder |",
             "",
             f"Whole build-bank (encoding, calibration null with stage 2, index): "
