@@ -266,9 +266,12 @@ def _cell(value, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def markdown(results: dict) -> str:
+HARD_TITLE = "Hard cohort: copies moved in 3D, off the slice grid, whole-FOV noise"
+
+
+def markdown(results: dict, title: str = HARD_TITLE) -> str:
     """The hard-cohort rows of the detection tables, stage by stage."""
-    lines = ["## Hard cohort: copies moved in 3D, off the slice grid, whole-FOV noise", ""]
+    lines = [f"## {title}", ""]
     lines.append(results.get("configuration", ""))
     for run in results["runs"]:
         stride = run["bank_stride"]

@@ -43,10 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-output", help="folder for results.json / results.md")
     p.add_argument(
         "--only",
-        choices=("all", "detection", "hard", "speed", "images2d", "verification", "gpu", "scale"),
+        choices=(
+            "all",
+            "detection",
+            "hard",
+            "spine",
+            "speed",
+            "images2d",
+            "verification",
+            "gpu",
+            "scale",
+        ),
         default="all",
         help="all = detection + hard cohort + speed + stage-2 cost + reduced scale (CPU); "
-        "hard = the cohort of copies moved in 3D only; images2d = 2D image sets' build and "
+        "hard = the cohort of copies moved in 3D only; spine = the spine phantom (a second "
+        "anatomy, sagittal); images2d = 2D image sets' build and "
         "score rate against the encoder alone; verification = stage 2's cost per "
         "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
         "bank); scale = the engine on a compressed bank only",
@@ -224,6 +235,12 @@ def main(argv=None) -> int:
         hard_args = ["--out", str(out / "hard"), "--image-size", str(args.image_size)]
         results["hard"] = hard_benchmark.main(hard_args + ["--alpha", str(args.alpha)])
         sections.append(hard_benchmark.markdown(results["hard"]))
+    if args.only in ("all", "spine"):
+        from Testing.benchmarks import spine_benchmark
+
+        print("Spine phantom benchmark (a second anatomy) ...", flush=True)
+        results["spine"] = spine_benchmark.run(out / "spine", args.image_size)
+        sections.append(spine_benchmark.markdown(results["spine"]))
     if args.only in ("all", "speed"):
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)

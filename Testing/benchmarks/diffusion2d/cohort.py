@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from Testing.benchmarks.diffusion2d.oracle import read_grey  # noqa: F401 (used here, and by others from here)
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
@@ -217,13 +219,6 @@ def to_uint8(slices: np.ndarray) -> np.ndarray:
 def write_png(path: Path, image: np.ndarray, rgb: bool) -> None:
     arr = np.repeat(image[..., None], 3, axis=2) if rgb else image
     Image.fromarray(arr).save(path)
-
-
-def read_grey(path: str | Path) -> np.ndarray:
-    """A PNG (grey or RGB of grey) as (H, W) uint8."""
-    with Image.open(path) as im:
-        arr = np.asarray(im)
-    return arr if arr.ndim == 2 else arr[..., :3].mean(axis=2).round().astype(np.uint8)
 
 
 def make_cohort(

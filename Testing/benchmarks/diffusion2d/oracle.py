@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
@@ -138,8 +139,6 @@ class TrainingSet:
 
     @classmethod
     def from_files(cls, files: Sequence[str | Path]) -> TrainingSet:
-        from .cohort import read_grey
-
         return cls(np.stack([read_grey(f) for f in files]), [str(f) for f in files])
 
     def __len__(self) -> int:
@@ -192,3 +191,10 @@ def describe_distribution(title: str, values) -> str:
         f"copy band (>= {COPY_SSIM}) {np.mean(v >= COPY_SSIM):.1%}, "
         f"novel band (< {NOVEL_SSIM}) {np.mean(v < NOVEL_SSIM):.1%}"
     )
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    """A PNG (grey or RGB of grey) as (H, W) uint8."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    return arr if arr.ndim == 2 else arr[..., :3].mean(axis=2).round().astype(np.uint8)
