@@ -163,12 +163,6 @@ def near_duplicates(train: FeatureSet, null: NullSearch) -> list[tuple[int, int]
     if len(present) == 0:
         return []
     medians = np.array([np.median(scores[volumes == v]) for v in present])
-    if null.s2 is not None and np.median(np.abs(medians - np.median(medians))) == 0:
-        # Stage 2's gate settles most held-out slices at one value, so most volumes share
-        # one median and the spread is 0: every volume above it would look like a copy.
-        # The stage-1 similarity is continuous: judge on it then.
-        scores = null.s1
-        medians = np.array([np.median(scores[volumes == v]) for v in present])
     centre = np.median(medians)
     spread = max(float(np.median(np.abs(medians - centre))), 1e-6)
     pairs = []
