@@ -23,7 +23,7 @@ from ..errors import InputError, SettingsError
 from ..job import Job
 from ..pieces import Runner
 from ..scans import ReadOptions, ScanSource, find_scans_required
-from ..scans.images import is_raster
+from ..scans.images import is_image_file
 from ..scans.subjects import (
     Subject,
     compile_subject_pattern,
@@ -391,7 +391,7 @@ def training_subjects(
             f"inputs in {root} belong to one subject ({next(iter(found.values())).how}). "
             "Check --subjects or --subject-pattern."
         )
-    images = {(s.path, s.series_uid) for s in sources if s.is_stack_entry or is_raster(s.path)}
+    images = {(s.path, s.series_uid) for s in sources if is_image_file(s)}
     return found, [w for w in (all_one, subject_warning(found, images)) if w]
 
 

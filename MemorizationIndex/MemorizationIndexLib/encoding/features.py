@@ -86,6 +86,11 @@ class FeatureSet:
     def is_2d(self, vid: int) -> bool:
         return self.kind_of(vid) != VOLUME
 
+    def slices_of_2d(self) -> np.ndarray:
+        """[N] bool: which slices are 2D images (they have no volume for stage 3)."""
+        flat = np.array([self.is_2d(v) for v in range(len(self.volumes))], bool)
+        return flat[self.volume_ids] if len(flat) else np.zeros(len(self), bool)
+
     @property
     def has_2d(self) -> bool:
         return any(k != VOLUME for k in self.volume_kinds)

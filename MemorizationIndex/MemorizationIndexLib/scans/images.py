@@ -44,6 +44,12 @@ def is_array_file(path: str) -> bool:
     return bool(suffix_in(os.path.basename(path), ARRAY_SUFFIXES))
 
 
+def is_image_file(source) -> bool:
+    """A ScanSource that is one 2D image by its file alone: a raster file or an image of a
+    NumPy stack (a 2D NIfTI or DICOM is known to be one only once read)."""
+    return source.is_stack_entry or is_raster(source.path)
+
+
 def entry_index(entry: str) -> int:
     """The slice index of a stack entry ("arr_0[12]" -> 12; 0 for a single image)."""
     match = _ENTRY.match(entry)

@@ -37,7 +37,7 @@ from ..pieces import (  # Piece: a ScoreResult, or None and the reasons the volu
 )
 from ..pieces import run_key as run_key_of
 from ..scans import ReadOptions, ScanSource, SkippedInput, find_scans_required
-from ..scans.images import is_raster
+from ..scans.images import is_image_file
 from ..search.verification import Alignments
 from ..search.volume_pose import RigidPose
 from ..search.volume_stage import volume_stage_totals
@@ -219,7 +219,7 @@ def local_runner(bank, sources, encoder: Encoder, options, alpha: float, job: Jo
         done_blocks = set()
         for i in pending:
             job.check()
-            if not _is_image_file(sources[i]):
+            if not is_image_file(sources[i]):
                 yield i, score_volume(bank, sources[i], encoder, options, alpha)
                 continue
             block = i // block_size
@@ -229,7 +229,7 @@ def local_runner(bank, sources, encoder: Encoder, options, alpha: float, job: Jo
             members = [
                 k
                 for k in range(block * block_size, min((block + 1) * block_size, len(sources)))
-                if _is_image_file(sources[k])
+                if is_image_file(sources[k])
             ]
             pieces = score_images(bank, [sources[k] for k in members], encoder, options, alpha)
             for k, piece in zip(members, pieces, strict=True):
@@ -237,11 +237,6 @@ def local_runner(bank, sources, encoder: Encoder, options, alpha: float, job: Jo
                     yield k, piece
 
     return run
-
-
-def _is_image_file(source: ScanSource) -> bool:
-    """A 2D image file or an image of a NumPy stack: one slice, scored in blocks."""
-    return source.is_stack_entry or is_raster(source.path)
 
 
 def score_images(bank, sources: list[ScanSource], encoder: Encoder, options, alpha) -> list:

@@ -69,8 +69,7 @@ def check_alpha(alpha: float) -> None:
 
 def _calibrated(bank: FeatureBank, queries: FeatureSet, stages: StageResult, alpha: float):
     """(statistic, p, mi, oni, flagged) per slice, arrays [n]."""
-    planar = np.array([queries.is_2d(int(v)) for v in queries.volume_ids], bool)
-    statistic, p, oni = bank.calibrate(stages, planar)
+    statistic, p, oni = bank.calibrate(stages, queries.slices_of_2d())
     return statistic, p, 1.0 - p, oni, p <= alpha
 
 
@@ -102,7 +101,7 @@ def volume_stage_of(bank: FeatureBank, queries: FeatureSet, stages: StageResult,
     if bank.compact_volumes is None:
         return None
     # 2D images have no volume to register: stage 3 runs on the slices of volumes only.
-    solid = np.array([not queries.is_2d(int(v)) for v in queries.volume_ids], bool)
+    solid = ~queries.slices_of_2d()
     if not solid.any():
         return None
     if len(queries.compact_volumes) != len(queries.volumes):
