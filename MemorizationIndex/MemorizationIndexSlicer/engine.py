@@ -8,12 +8,15 @@ file to re-point.
 Tasks run by the child process (see process.py) are JSON objects:
 
     {"task": "build", "training": folder, "bank": folder, "settings": {...BankSettings} or
-     null for the defaults with "imageSize": 224, "axis": "axial", "stride": 1,
+     null for the defaults with "imageSize": null (the encoder's own), "axis": "axial",
+     "stride": 1, "encoder": "mri-core" | "litemedsam" | "untrained" or null (MRI-CORE
+     with a checkpoint, else LiteMedSAM when installed, else untrained),
      "encoderConfig": {...EncoderConfig} or null, "checkpoint": file or null,
      "device": "auto", "batchSize": 32}
     {"task": "score", "bank": folder, "volumes": [{"file": nrrd, "name": node name}, ...]
-     or "folder": folder, "alpha": 0.01, "stride": null, "checkpoint": null, "device": "auto",
-     "batchSize": 32, "resultFile": pickle file, "report": folder or null}
+     or "folder": folder, "alpha": 0.01, "stride": null, "checkpoint": null, "encoder": null
+     (the bank's own; another is refused), "device": "auto", "batchSize": 32,
+     "resultFile": pickle file, "report": folder or null}
 """
 
 from __future__ import annotations
@@ -62,16 +65,25 @@ def inputError(message):
 
 
 # ---- settings -------------------------------------------------------------------------------
-def bankSettings(imageSize=224, axis="axial", stride=1, settings=None):
+def bankSettings(
+    imageSize=None, axis="axial", stride=1, settings=None, encoder=None, checkpoint=None
+):
     """The engine's BankSettings: `settings` as given (object or dict), else the defaults
-    with image size, axis and stride changed."""
+    with image size (None: the encoder's own), axis, stride and the encoder's kind changed
+    (encoder: the --encoder choice, None to choose as the command line does)."""
     from MemorizationIndexLib.bank.settings import BankSettings
+    from MemorizationIndexLib.encoding.choice import KIND_OF_CHOICE, choose_encoder
 
     if isinstance(settings, BankSettings):
         return settings
     if isinstance(settings, dict):
         return BankSettings.from_dict(settings)
-    return BankSettings(image_size=int(imageSize), axis=axis, stride=int(stride))
+    return BankSettings(
+        image_size=int(imageSize) if imageSize else None,
+        axis=axis,
+        stride=int(stride),
+        encoder_kind=KIND_OF_CHOICE[choose_encoder(encoder, checkpoint)],
+    )
 
 
 def settingsDict(settings):
@@ -227,12 +239,13 @@ def score(
     batchSize=32,
     progress=None,
     cancel=None,
+    encoder=None,
 ):
     from MemorizationIndexLib.job import Job
     from MemorizationIndexLib.scoring.score import score as engineScore
 
-    # load_encoder refuses a checkpoint that differs from the bank's.
-    encoder = bank.load_encoder(checkpoint or None, device, int(batchSize))
+    # load_encoder refuses a checkpoint or an --encoder choice that differs from the bank's.
+    encoder = bank.load_encoder(checkpoint or None, device, int(batchSize), encoder or None)
     return engineScore(
         bank, inputs, encoder, alpha=float(alpha), stride=stride, job=Job(progress, cancel)
     )
@@ -257,10 +270,13 @@ def runTask(task, progress=None, cancel=None):
     kind = task.get("task")
     if kind == "build":
         settings = bankSettings(
-            task.get("imageSize", 224),
+            task.get("imageSize"),
             task.get("axis", "axial"),
             task.get("stride", 1),
             task.get("settings"),
+            # a test's small ViT (encoderConfig) is the untrained ViT unless MRI-CORE is given
+            task.get("encoder") or ("untrained" if task.get("encoderConfig") else None),
+            task.get("checkpoint"),
         )
         bank = buildBank(
             task["training"],
@@ -302,6 +318,7 @@ def runTask(task, progress=None, cancel=None):
             batchSize=task.get("batchSize", 32),
             progress=progress,
             cancel=cancel,
+            encoder=task.get("encoder"),
         )
         if task.get("report"):
             writeReport(result, bank, task["report"], (task["bank"], task.get("folder")))

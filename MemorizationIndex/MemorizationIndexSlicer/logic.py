@@ -94,7 +94,7 @@ class MemorizationIndexSceneLogic:
         self,
         trainingFolder,
         bankFolder,
-        imageSize=224,
+        imageSize=None,
         axis="axial",
         stride=1,
         checkpoint=None,
@@ -103,20 +103,25 @@ class MemorizationIndexSceneLogic:
         settings=None,
         encoderConfig=None,
         onProgress=None,
+        encoder=None,
     ):
         """Start encoding a folder of training scans into a bank in bankFolder; returns the
         Job, whose value is the bank's summary (see loadBank).
 
         `settings` (an engine BankSettings or its dict) sets everything; without it,
-        imageSize, axis and stride change the defaults. `encoderConfig` (an engine
-        EncoderConfig) replaces MRI-CORE's ViT-B, for tests.
+        imageSize (None: the encoder's own), axis and stride change the defaults. `encoder`:
+        "mri-core" (needs checkpoint), "litemedsam" or "untrained"; None chooses as the
+        command line does (MRI-CORE with a checkpoint, else LiteMedSAM when installed,
+        else untrained). `encoderConfig` (an engine EncoderConfig) replaces MRI-CORE's
+        ViT-B, for tests.
         """
         task = {
             "task": "build",
             "training": str(trainingFolder),
             "bank": str(bankFolder),
             "settings": engine.settingsDict(settings),
-            "imageSize": int(imageSize),
+            "imageSize": int(imageSize) if imageSize else None,
+            "encoder": encoder or None,
             "axis": axis,
             "stride": int(stride),
             "encoderConfig": engine.encoderConfigDict(encoderConfig),

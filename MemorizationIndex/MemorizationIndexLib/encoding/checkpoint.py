@@ -47,14 +47,15 @@ def load_mricore_state_dict(
     """
     path = Path(path)
     config = config or EncoderConfig.vit_b()
-    tensors = _state_dict_in(_read(path), path)
+    tensors = _state_dict_in(read_checkpoint(path), path)
     mapped, origin = _map_names(tensors, path)
     config = _fit_config(mapped, config, path)
     return _checked(mapped, origin, tensors, config, path), config
 
 
-def _read(path: Path):
-    """torch.load on the CPU with weights_only, every failure a CheckpointError naming the file."""
+def read_checkpoint(path: Path, what: str = "the MRI-CORE .pth file"):
+    """torch.load on the CPU with weights_only, every failure a CheckpointError naming the
+    file (what: the file the user should give instead)."""
     if not os.path.exists(path):
         raise CheckpointError(f"Checkpoint {path} does not exist{unreachable_reason(path)}.")
     if path.is_dir():
@@ -68,7 +69,7 @@ def _read(path: Path):
         raise CheckpointError(
             f"Checkpoint {path} could not be read as a PyTorch checkpoint: it is not one "
             "(torch.save writes a zip archive or a pickle; this file is neither). Give the "
-            "MRI-CORE .pth file."
+            f"{what}."
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -76,9 +77,9 @@ def _read(path: Path):
         message = str(exc)
         if "Weights only load failed" in message:
             found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-            what = f"a Python object of type {found.group(1)}" if found else "Python objects"
+            held = f"a Python object of type {found.group(1)}" if found else "Python objects"
             raise CheckpointError(
-                f"Checkpoint {path} holds {what}, which safe loading (weights_only) refuses "
+                f"Checkpoint {path} holds {held}, which safe loading (weights_only) refuses "
                 "because unpickling it could run code. If you trust the file, re-save only "
                 "the encoder weights, e.g. torch.save({'teacher': state_dict}, new_path)."
             ) from exc
@@ -203,6 +204,30 @@ def _checked(
     grid = config.pretrain_grid
     with torch.device("meta"):
         reference = MRICoreEncoder(config, grid * config.patch_size, (config.depth - 1,))
+    # pos_embed is said in DINOv2's layout, as the file stores it
+    pos = f"[1, {grid * grid + 1}, {config.embed_dim}] (a CLS entry + {grid}x{grid} grid)"
+    wants = {"pos_embed": pos}
+    return check_tensors(
+        mapped,
+        origin,
+        tensors,
+        reference,
+        f"Checkpoint {path} does not fit MRI-CORE's {config.architecture_name()} encoder",
+        wants,
+    )
+
+
+def check_tensors(
+    mapped: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    tensors: dict[str, torch.Tensor],
+    reference: torch.nn.Module,
+    failure: str,
+    wants: dict[str, str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors of `reference`'s state dict from `mapped` (our names; origin: their keys
+    in the file, tensors: the file's), or CheckpointError('failure: every missing,
+    unexpected and misshapen tensor'); wants: how to say an expected shape, by name."""
     expected = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
     missing = [name for name in expected if name not in mapped]
     unexpected = [origin[name] for name in mapped if name not in expected]
@@ -211,9 +236,7 @@ def _checked(
         if name not in mapped or tuple(mapped[name].shape) == shape:
             continue
         key = origin[name]
-        want = str(list(shape))
-        if name == "pos_embed":  # say it in DINOv2's layout, as the file stores it
-            want = f"[1, {grid * grid + 1}, {config.embed_dim}] (a CLS entry + {grid}x{grid} grid)"
+        want = (wants or {}).get(name, str(list(shape)))
         wrong.append(f"{key} is {list(tensors[key].shape)}, expected {want}")
     problems = []
     if missing:
@@ -223,9 +246,5 @@ def _checked(
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape: {'; '.join(wrong)}")
     if problems:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit MRI-CORE's {config.architecture_name()} encoder: "
-            + ". ".join(problems)
-            + "."
-        )
+        raise CheckpointError(failure + ": " + ". ".join(problems) + ".")
     return {name: mapped[name] for name in expected}

