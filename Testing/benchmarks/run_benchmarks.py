@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             "verification",
             "gpu",
             "scale",
+            "encoders",
         ),
         default="all",
         help="all = detection + hard cohort + speed + stage-2 cost + reduced scale (CPU); "
@@ -60,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         "anatomy, sagittal); images2d = 2D image sets' build and "
         "score rate against the encoder alone; verification = stage 2's cost per "
         "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
-        "bank); scale = the engine on a compressed bank only",
+        "bank); scale = the engine on a compressed bank only; encoders = the detection "
+        "protocol with the untrained ViT and with LiteMedSAM side by side, and LiteMedSAM's "
+        "CPU throughput against matmul",
+    )
+    p.add_argument(
+        "--encoder-seeds", type=int, default=1, help="seeds of the encoder column (reduced)"
+    )
+    p.add_argument(
+        "--encoder-copies", type=int, default=8, help="copies per augmentation, encoder column"
     )
     p.add_argument(
         "--scale-slices",
@@ -214,6 +223,27 @@ def run_gpu(args) -> dict:
     return results
 
 
+def run_encoders(args) -> dict:
+    """The encoder column (untrained ViT-B against LiteMedSAM) and LiteMedSAM's CPU speed."""
+    from Testing.benchmarks import encoder_column, protocol, tinyvit_speed
+
+    base = protocol.DetectionConfig.from_args(args)
+    base.seeds, base.copies = args.encoder_seeds, args.encoder_copies
+    print("Encoder column: untrained ViT-B against LiteMedSAM ...", flush=True)
+    result = {"column": encoder_column.run(base)}
+    if "litemedsam" in result["column"]["encoders"]:
+        print("LiteMedSAM's TinyViT: CPU throughput against matmul ...", flush=True)
+        result["speed"] = tinyvit_speed.run()
+    return result
+
+
+def encoder_markdown(result: dict) -> str:
+    from Testing.benchmarks import encoder_column, tinyvit_speed
+
+    text = encoder_column.markdown(result["column"])
+    return text + ("\n" + tinyvit_speed.markdown(result["speed"]) if "speed" in result else "")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
@@ -264,6 +294,9 @@ def main(argv=None) -> int:
         print(f"Scale benchmark: compressed bank of {n:,} slices ...", flush=True)
         results["scale"] = scale_engine.run(n, work=str(out))
         sections.append(scale_engine.markdown(results["scale"]))
+    if args.only in ("all", "encoders"):
+        results["encoders"] = run_encoders(args)
+        sections.append(encoder_markdown(results["encoders"]))
     if args.only == "gpu":
         results["gpu"] = run_gpu(args)
         sections.append(speed_markdown({"gpu": results["gpu"]}, DESIGN_ANCHORS))

@@ -44,7 +44,8 @@ def run(out: Path, image_size: int = 112, n_train: int = 12, n_novel: int = 6) -
     log, bank, report = out / "engine.log", out / "bank", out / "report"
     build = hb.cli(
         "build-bank", str(cohort / "train"), "--out", str(bank), "--axis", "sagittal",
-        "--image-size", str(image_size), "--seed", "0", "--quiet", log=log,
+        "--image-size", str(image_size), "--seed", "0", "--encoder", "untrained", "--quiet",
+        log=log,
     )  # fmt: skip
     scored = hb.score_sharded(bank, cohort / "synthetic", report, _Scoring, log)
     result = hb.evaluate(report, truth, 1)
