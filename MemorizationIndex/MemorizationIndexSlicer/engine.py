@@ -111,13 +111,14 @@ def encoderConfigFrom(config):
 
 # ---- banks ----------------------------------------------------------------------------------
 def volumePoseLPS(volumeRow):
-    """4x4 LPS matrix of a volumes.csv row's stage-3 pose (training -> synthetic), or None
-    when the row has no usable pose."""
+    """4x4 LPS matrix of a volumes.csv row's stage-3 pose (training -> synthetic: rotation,
+    shift, and the mirror, axis order and scale where the copy has them), or None when the
+    row has no usable pose."""
     import numpy as np
-    from MemorizationIndexLib.search.volume_pose import RigidPose
+    from MemorizationIndexLib.search.affine_pose import AffinePose
 
     try:
-        matrix = RigidPose.from_summary(volumeRow).homogeneous()
+        matrix = AffinePose.from_summary(volumeRow).homogeneous()
     except (KeyError, TypeError, ValueError):
         return None
     return matrix if np.all(np.isfinite(matrix)) else None

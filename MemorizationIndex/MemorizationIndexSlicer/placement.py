@@ -86,9 +86,9 @@ def matchPlacementMatrix(
 
 def volumePlacementMatrix(poseLPS):
     """4x4 RAS matrix that puts the whole training volume where the volume stage found its
-    anatomy in the synthetic volume (poseLPS: the 4x4 LPS map training -> synthetic), so
-    every synthetic slice plane, tilted or between the bank's slices, shows the training
-    anatomy resampled on it."""
+    anatomy in the synthetic volume (poseLPS: the 4x4 LPS map training -> synthetic, any
+    affine: a mirror, a swap of axes and a scale included), so every synthetic slice plane,
+    tilted or between the bank's slices, shows the training anatomy resampled on it."""
     flipRAS = np.diag([-1.0, -1.0, 1.0, 1.0])
     return flipRAS @ np.asarray(poseLPS, float) @ flipRAS
 

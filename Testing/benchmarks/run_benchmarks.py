@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             "detection",
             "hard",
             "spine",
+            "volume-fit",
             "speed",
             "images2d",
             "verification",
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="all = detection + hard cohort + speed + stage-2 cost + reduced scale (CPU); "
         "hard = the cohort of copies moved in 3D only; spine = the spine phantom (a second "
-        "anatomy, sagittal); images2d = 2D image sets' build and "
+        "anatomy, sagittal); volume-fit = stage 3 alone on mirrored, zoomed and header-mangled "
+        "copies; images2d = 2D image sets' build and "
         "score rate against the encoder alone; verification = stage 2's cost per "
         "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
         "bank); scale = the engine on a compressed bank only; encoders = the detection "
@@ -271,6 +273,12 @@ def main(argv=None) -> int:
         print("Spine phantom benchmark (a second anatomy) ...", flush=True)
         results["spine"] = spine_benchmark.run(out / "spine", args.image_size)
         sections.append(spine_benchmark.markdown(results["spine"]))
+    if args.only in ("all", "volume-fit"):
+        from Testing.benchmarks import volume_fit_benchmark
+
+        print("Volume stage on mirrored, zoomed and header-mangled copies ...", flush=True)
+        results["volume_fit"] = volume_fit_benchmark.run(out / "volume-fit")
+        sections.append(volume_fit_benchmark.markdown(results["volume_fit"]))
     if args.only in ("all", "speed"):
         print("Speed benchmark ...", flush=True)
         results["speed"] = speed_section = run_speed(args)

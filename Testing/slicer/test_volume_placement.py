@@ -1,17 +1,21 @@
-"""The volume stage's 3D pose places the whole training volume on a tilted copy (issue 12).
+"""The volume stage's 3D pose places the whole training volume on a tilted copy (issue 12),
+and on a mirrored and zoomed one (issue 21: the placement carries the full affine).
 
-The copy is a training volume rotated out of the slice plane and shifted, made by
-scipy.ndimage from the pose written out here (not by the engine). A volume row carrying
-that pose is shown through the real slice logic: rendered at opacity 0 (synthetic only) and
-1 (the placed training volume only), the two must agree pixel for pixel in the interior,
-and the same training volume placed by the slice-level rule (no 3D pose) must not.
+The copy is a training volume rotated out of the slice plane and shifted (and mirrored and
+scaled), made by scipy.ndimage from the pose written out here (not by the engine). A volume
+row carrying that pose is shown through the real slice logic: rendered at opacity 0
+(synthetic only) and 1 (the placed training volume only), the two must agree pixel for
+pixel in the interior, and the same training volume placed by the slice-level rule (no 3D
+pose) must not.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from MemorizationIndexLib.scoring.results import ScoreResult, VolumeResult
+from MemorizationIndexLib.search.affine_pose import AffinePose, mirror_from_text
 from MemorizationIndexLib.search.volume_pose import RigidPose, physical_centre
 from MemorizationIndexSlicer import engine
 from scipy import ndimage
@@ -21,13 +25,13 @@ ANGLES = (5.0, -3.0, 0.0)  # about left-right, then anterior-posterior (degrees)
 SHIFT = (2.0, -3.0, 4.0)  # LPS mm
 
 
-def moved_by_scipy(image: sitk.Image, pose: RigidPose) -> sitk.Image:
+def moved_by_scipy(image: sitk.Image, pose: RigidPose | AffinePose) -> sitk.Image:
     """copy(p') = image(pose^-1 p') on the same grid (identity direction), by scipy."""
     spacing = np.array(image.GetSpacing())
     origin = np.array(image.GetOrigin())
     values = sitk.GetArrayFromImage(image)
     # Output index (z, y, x) -> physical -> training physical -> training index (z, y, x).
-    r_inv = pose.matrix.T
+    r_inv = np.linalg.inv(AffinePose.of(pose).linear)
     to_phys = np.diag(spacing[::-1])
     flip = np.eye(3)[::-1]  # (z, y, x) <-> (x, y, z)
     linear = np.diag(1.0 / spacing[::-1]) @ flip @ r_inv @ flip @ to_phys
@@ -39,10 +43,20 @@ def moved_by_scipy(image: sitk.Image, pose: RigidPose) -> sitk.Image:
     return out
 
 
-def test_a_tilted_copy_is_overlaid_by_the_volume_pose(logic, training_set, tmp_path):
+def tilted(centre):
+    return RigidPose.from_angles(ANGLES, SHIFT, centre)
+
+
+def mirrored_and_zoomed(centre):
+    """Mirrored left-right, zoomed 1.1 in-plane and 0.95 along S, tilted and shifted."""
+    return AffinePose.compose((1.1, 1.1, 0.95), mirror_from_text("RPS"), ANGLES, SHIFT, centre)
+
+
+@pytest.mark.parametrize("make_pose", [tilted, mirrored_and_zoomed])
+def test_a_moved_copy_is_overlaid_by_the_volume_pose(logic, training_set, tmp_path, make_pose):
     source = training_set.paths[0]
     canonical = engine.readCanonicalImage(source)
-    pose = RigidPose.from_angles(ANGLES, SHIFT, physical_centre(canonical))
+    pose = make_pose(physical_centre(canonical))
     copy_path = tmp_path / "tilted-copy.nii.gz"
     sitk.WriteImage(moved_by_scipy(canonical, pose), str(copy_path))
 
@@ -81,7 +95,7 @@ def test_a_tilted_copy_is_overlaid_by_the_volume_pose(logic, training_set, tmp_p
          for i in range(4)]
     )  # fmt: skip
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    assert np.allclose(flip @ matrix @ flip, pose.homogeneous(), atol=1e-9)
+    assert np.allclose(flip @ matrix @ flip, pose.homogeneous(), atol=1e-6)
     same_window(synthetic, match)
     synthetic_only = render(logic, 0.0)
     placed = render(logic, 1.0)

@@ -140,6 +140,7 @@ def held_out_volume_stage(
         size=settings.thumbnail_size,
         candidates=settings.volume_candidates,
         check=job.check,
+        matched_flips=result.flips(settings.flips),
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..scans import SkippedInput
+from ..search.affine_pose import AffinePose
 from ..search.volume_pose import RigidPose
 
 if TYPE_CHECKING:  # verification imports torch; a loaded result must not need it (Slicer)
@@ -172,9 +173,11 @@ class VolumeResult(_Row):
     slices matching consecutive slices of match_volume; flip (column `transform`) is the
     most common flip of its flagged slices ("" when none is flagged). With stage 3,
     volume_match is the training volume registered best onto this one, aligned_similarity
-    their foreground NCC after registration, and pose the 3D rigid map from volume_match to
-    this volume (LPS mm; columns angle_lr/ap/si_deg, shift_l/p/s_mm, centre_l/p/s_mm,
-    scale)."""
+    their foreground NCC after registration, and pose the 3D map from volume_match to this
+    volume (LPS mm; columns angle_lr/ap/si_deg, shift_l/p/s_mm, centre_l/p/s_mm, then
+    axes and mirrored: where the training L, P and S axes went, "LPS" unless the copy is
+    mirrored or reordered; scale: the isotropic one, scale_l/p/s: along the synthetic
+    axes; search/affine_pose.py)."""
 
     volume: str
     series_uid: str
@@ -194,7 +197,7 @@ class VolumeResult(_Row):
     series_name: str = ""  # DICOM SeriesNumber and SeriesDescription
     volume_match: str = ""
     aligned_similarity: float | None = None
-    pose: RigidPose | None = None
+    pose: AffinePose | RigidPose | None = None
     # "volume", or a 2D image: "image" (pixel size from the file), "image-px" (none: the
     # pose is in pixels); a 2D image has one slice and no volume stage
     kind: str = "volume"
@@ -210,8 +213,7 @@ class VolumeResult(_Row):
         if self.pose is not None:
             out["volume_match"] = self.volume_match
             out["aligned_similarity"] = self.aligned_similarity
-            out.update(self.pose.summary())
-            out["scale"] = 1.0  # rigid: the volume stage does not stretch
+            out.update(AffinePose.of(self.pose).summary())
         return out
 
     @property
@@ -226,13 +228,8 @@ class VolumeResult(_Row):
         similarity and the 3D pose ("" without stage 3)."""
         if self.pose is None:
             return ""
-        p = self.pose.summary()
-        return (
-            f"{self.volume_match}: aligned NCC {self.aligned_similarity:.3f}; rotated "
-            f"LR {p['angle_lr_deg']:+.1f}°, AP {p['angle_ap_deg']:+.1f}°, "
-            f"SI {p['angle_si_deg']:+.1f}°; shifted {p['shift_l_mm']:+.1f} L, "
-            f"{p['shift_p_mm']:+.1f} P, {p['shift_s_mm']:+.1f} S mm"
-        )
+        pose = AffinePose.of(self.pose).text()
+        return f"{self.volume_match}: aligned NCC {self.aligned_similarity:.3f}; {pose}"
 
 
 _VOLUME_ORDER = (

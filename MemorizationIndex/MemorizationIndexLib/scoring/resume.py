@@ -38,8 +38,8 @@ from ..pieces import (  # Piece: a ScoreResult, or None and the reasons the volu
 from ..pieces import run_key as run_key_of
 from ..scans import ReadOptions, ScanSource, SkippedInput, find_scans_required
 from ..scans.images import is_image_file
+from ..search.affine_pose import AffinePose
 from ..search.verification import Alignments
-from ..search.volume_pose import RigidPose
 from ..search.volume_stage import volume_stage_totals
 from .results import ScoreResult, SliceResult, VolumeResult
 from .score import check_alpha, dataset_summary, encode_queries, score_features
@@ -85,7 +85,7 @@ _ROWS = {"slices": SliceResult, "volumes": VolumeResult}
 
 def _row_to_json(row) -> dict:
     values = {f.name: getattr(row, f.name) for f in fields(row)}
-    if values.get("pose") is not None:  # the volume stage's RigidPose, as volumes.csv has it
+    if values.get("pose") is not None:  # the volume stage's pose, as volumes.csv has it
         values["pose"] = values["pose"].summary()
     return values
 
@@ -100,8 +100,8 @@ def _row_from_json(cls, values: dict):
             value = tuple(value)
         elif kind.startswith("dict[int"):
             value = {int(k): v for k, v in value.items()}
-        elif kind.startswith("RigidPose") and value is not None:
-            value = RigidPose.from_summary(value)
+        elif "Pose" in kind and value is not None:
+            value = AffinePose.from_summary(value)
         kwargs[f.name] = value
     return cls(**kwargs)
 

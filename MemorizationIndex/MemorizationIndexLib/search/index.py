@@ -93,6 +93,13 @@ class StageResult:
         """[n] bank row shown as each query's match: the verified candidate when there is one."""
         return self.alignment.candidate if self.alignment is not None else self.stage1.best_row
 
+    def flips(self, views: tuple[str, ...]) -> np.ndarray:
+        """[n] the in-plane flip of each query's match shown ("none", "hflip", ...): stage
+        2's when there is one, else the stage-1 view's (`views`: BankSettings.flips)."""
+        if self.alignment is not None:
+            return np.asarray(self.alignment.flip, dtype=object)
+        return np.asarray([views[int(v)] for v in self.view], dtype=object)
+
 
 def pooled_candidates(views: list[tuple[np.ndarray, Matches]], n: int, m: int) -> np.ndarray:
     """Per query, the m distinct bank rows with the best stage-1 similarity over all views."""

@@ -65,11 +65,19 @@ def rotation_angles(matrix) -> np.ndarray:
     return np.degrees([ax, ay, az])
 
 
-def _orthonormal(matrix: np.ndarray) -> np.ndarray:
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
     """The nearest proper rotation (SVD), so float round-off never reaches SimpleITK."""
     u, _, vt = np.linalg.svd(matrix)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def homogeneous_matrix(linear, shift_mm, centre_mm) -> np.ndarray:
+    """4x4 matrix of p -> linear @ (p - centre) + centre + shift."""
+    out = np.eye(4)
+    out[:3, :3] = linear
+    out[:3, 3] = np.asarray(centre_mm) + shift_mm - np.asarray(linear) @ centre_mm
+    return out
 
 
 @dataclass(frozen=True)
@@ -120,10 +128,7 @@ class RigidPose:
 
     def homogeneous(self) -> np.ndarray:
         """4x4 LPS matrix of the map training -> synthetic."""
-        out = np.eye(4)
-        out[:3, :3] = self.matrix
-        out[:3, 3] = self.centre_mm + self.shift_mm - self.matrix @ self.centre_mm
-        return out
+        return homogeneous_matrix(self.matrix, self.shift_mm, self.centre_mm)
 
     @classmethod
     def from_summary(cls, values: dict) -> RigidPose:
@@ -138,7 +143,7 @@ class RigidPose:
 
     def to_sitk(self) -> sitk.Euler3DTransform:
         """The resampling map synthetic -> training, as SimpleITK's Resample wants it."""
-        inverse = _orthonormal(self.matrix.T)
+        inverse = nearest_rotation(self.matrix.T)
         t = sitk.Euler3DTransform()
         t.SetComputeZYX(True)
         t.SetCenter([float(v) for v in self.centre_mm])
@@ -158,7 +163,7 @@ class RigidPose:
         c = np.array(euler.GetCenter(), dtype=np.float64)
         t = np.array(euler.GetTranslation(), dtype=np.float64)
         # p_train = m (p_syn - c) + c + t  =>  p_syn = m^T (p_train - c - t) + c
-        forward = _orthonormal(m.T)
+        forward = nearest_rotation(m.T)
         pose = cls(forward, forward @ (-t), c)
         return pose.recentred(centre_mm)
 
@@ -185,16 +190,27 @@ def physical_centre(image: sitk.Image) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- 1. the seed
-def kabsch(source: np.ndarray, target: np.ndarray, weights=None) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares rotation R and translation b with target ~ R source + b (no scale)."""
+def umeyama(
+    source: np.ndarray, target: np.ndarray, weights=None, with_scale: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama 1991): sR and b with target ~ s R source + b, R a
+    proper rotation, s > 0 the isotropic scale (1 when `with_scale` is False: Kabsch)."""
     w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     ms, mt = w @ source, w @ target
     h = (source - ms).T @ ((target - mt) * w[:, None])
-    u, _, vt = np.linalg.svd(h)
+    u, sigma, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
     r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    if with_scale:
+        spread = float(w @ np.sum((source - ms) ** 2, axis=1))
+        r = r * (float(sigma @ [1.0, 1.0, d]) / spread if spread > 0 else 1.0)
     return r, mt - r @ ms
+
+
+def kabsch(source: np.ndarray, target: np.ndarray, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares rotation R and translation b with target ~ R source + b (no scale)."""
+    return umeyama(source, target, weights, with_scale=False)
 
 
 @dataclass
@@ -313,7 +329,7 @@ def seed_pose_from_slice_matches(
     r, b = fit(best)
     res = residual(r, b)
     # target = r p + b = r (p - c) + c + shift  =>  shift = b + r c - c
-    pose = RigidPose(_orthonormal(r), b + r @ centre - centre, centre)
+    pose = RigidPose(nearest_rotation(r), b + r @ centre - centre, centre)
     rms = float(np.sqrt(np.mean(res[best] ** 2)))
     return SeedResult(pose, best, rms, True)
 
@@ -420,7 +436,7 @@ class Registration:
     extra: dict = field(default_factory=dict)
 
 
-def _registration_method(metric, sampling, seed, iterations, shrink):
+def registration_method(metric, sampling, seed, iterations, shrink):
     """SimpleITK's registration set up as register_volumes describes."""
     reg = sitk.ImageRegistrationMethod()
     if metric == "mattes":
@@ -445,6 +461,24 @@ def _registration_method(metric, sampling, seed, iterations, shrink):
     reg.SetSmoothingSigmasPerLevel([max(0.0, s - 1.0) for s in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return reg
+
+
+def execute_registration(reg: sitk.ImageRegistrationMethod, fixed, moving) -> int:
+    """Run a registration on one thread; the number of iterations it took.
+
+    One thread: ITK sums the metric over threads in no fixed order, and the optimiser's
+    path then differs in the last digits from run to run (a rerun or a resumed run must
+    give the same report). The metric makes its own threader from the global default,
+    so that is what is set, and put back. The coarse grid keeps one thread fast."""
+    counter = {"n": 0}
+    reg.AddCommand(sitk.sitkIterationEvent, lambda: counter.__setitem__("n", counter["n"] + 1))
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    return counter["n"]
 
 
 def register_volumes(
@@ -473,28 +507,17 @@ def register_volumes(
     f = coarse(robust_unit(fixed), grid_mm)
     m = coarse(robust_unit(moving), grid_mm)
 
-    reg = _registration_method(metric, sampling, seed, iterations, shrink)
+    reg = registration_method(metric, sampling, seed, iterations, shrink)
     transform = pose0.to_sitk()
     reg.SetInitialTransform(transform, inPlace=True)
-    counter = {"n": 0}
-    reg.AddCommand(sitk.sitkIterationEvent, lambda: counter.__setitem__("n", counter["n"] + 1))
-    # One thread: ITK sums the metric over threads in no fixed order, and the optimiser's
-    # path then differs in the last digits from run to run (a rerun or a resumed run must
-    # give the same report). The metric makes its own threader from the global default,
-    # so that is what is set, and put back. The coarse grid keeps one thread fast.
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        reg.Execute(f, m)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    iterations_run = execute_registration(reg, f, m)
     pose = RigidPose.from_sitk(transform, centre)
     similarity = aligned_similarity(fixed, moving, pose)
     return Registration(
         pose=pose,
         similarity=similarity,
         metric=float(reg.GetMetricValue()),
-        iterations=counter["n"],
+        iterations=iterations_run,
         seconds=time.perf_counter() - start,
         stop=reg.GetOptimizerStopConditionDescription(),
     )

@@ -10,6 +10,9 @@ volume:
    (`candidate_volumes`), so only volumes whose slices point somewhere pay for stage 3;
 2. pose: a shift seeded from those slice matches (volume_pose.seed_pose_from_slice_matches),
    refined by SimpleITK rigid registration of the two compact volumes on a coarse grid;
+   for the most matched candidate, when that rigid fit is poor, also mirrored, reordered
+   and scaled fits (volume_fit.fit_volume: headers of synthetic volumes cannot be
+   trusted, and training transforms flip and zoom);
 3. score: every synthetic slice's thumbnail plane (the grid its stage-2 thumbnail covers)
    is sampled in both compact volumes, the training one through the pose, and compared by
    foreground NCC (volume_pose.slice_ncc). The slice's stage-3 score is the best over the
@@ -32,13 +35,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .affine_pose import AffinePose
+from .volume_fit import FitSettings, fit_volume, hinted_frame, slice_axis_slope
 from .volume_pose import (
     PLANE_AXES,
-    RigidPose,
     aligned_similarity,
     coarse,
     physical_centre,
-    register_volumes,
     robust_unit,
     seed_pose_from_slice_matches,
     slice_ncc,
@@ -155,10 +158,11 @@ class VolumeMatch:
     """One synthetic volume registered onto one training volume."""
 
     training_volume: int  # index into the bank's (or the null's) training volumes
-    pose: RigidPose  # training -> synthetic, LPS mm
+    pose: AffinePose  # training -> synthetic, LPS mm (mirror and scale included)
     similarity: float  # volume-level aligned foreground NCC
     slice_ncc: np.ndarray  # [n] stage-3 score of each of the synthetic volume's slices
     seconds: float
+    registrations: int = 1  # 1: the rigid fit was good; more: mirrors and scales tried
 
 
 def match_volume(
@@ -168,29 +172,34 @@ def match_volume(
     planes: np.ndarray,
     seed_pairs: tuple[np.ndarray, np.ndarray],
     mine: np.ndarray | None = None,
+    flips=None,
+    axis: str = "axial",
+    alternatives: bool = True,
 ) -> VolumeMatch:
-    """Register `training` onto `query` (seeded by the slice matches' positions, pairs of
-    [m, 3] synthetic and training slice centres) and score every plane of `planes`; mine:
-    the query sampled on `planes`, when the caller has it already."""
+    """Register `training` onto `query` and score every plane of `planes`.
+
+    seed_pairs: [m, 3] synthetic and training slice centres of the slice matches; they
+    seed the shift, and their slope along the slice `axis` the scale and a mirror along
+    it; flips: the m matches' in-plane flips (stages 1-2), whose majority is the first
+    mirror tried (search/volume_fit.py); mine: the query sampled on `planes`, when the
+    caller has it already; alternatives False: a rigid fit only (no mirrors or scales)."""
     start = time.perf_counter()
     moving, fixed = training.image(), query.image()
     seed = seed_pose_from_slice_matches(seed_pairs[0], seed_pairs[1], physical_centre(moving))
+    slope = slice_axis_slope(seed_pairs[0], seed_pairs[1], axis)
     # A pyramid level only where the volumes are big enough for it on the coarse grid.
     extent = min(float(np.min(np.multiply(v.GetSize(), v.GetSpacing()))) for v in (moving, fixed))
     shrink = (2, 1) if extent >= 16 * 2 * REGISTRATION_GRID_MM else (1,)
+    settings = FitSettings(
+        REGISTRATION_GRID_MM, shrink, REGISTRATION_ITERATIONS, REGISTRATION_SAMPLING
+    )
     try:
-        registration = register_volumes(
-            fixed,
-            moving,
-            initial=seed.pose,
-            grid_mm=REGISTRATION_GRID_MM,
-            shrink=shrink,
-            iterations=REGISTRATION_ITERATIONS,
-            sampling=REGISTRATION_SAMPLING,
-        )
-        pose, similarity = registration.pose, registration.similarity
+        hint = hinted_frame(flips, slope, axis)
+        fit = fit_volume(fixed, moving, seed.pose, hint, slope, settings, alternatives)
+        pose, similarity, registrations = fit.pose, fit.similarity, fit.registrations
     except RuntimeError:  # ITK gives up (too little overlap, a volume too thin): the seed
-        pose, similarity = seed.pose, aligned_similarity(fixed, moving, seed.pose)
+        pose = AffinePose.of(seed.pose)
+        similarity, registrations = aligned_similarity(fixed, moving, pose), 1
     if mine is None:  # the query's own planes: the same for every candidate
         mine = query.sample(planes)
     theirs = training.sample(pose.apply_inverse(planes))
@@ -201,6 +210,7 @@ def match_volume(
         similarity=float(similarity),
         slice_ncc=ncc,
         seconds=time.perf_counter() - start,
+        registrations=registrations,
     )
 
 
@@ -236,13 +246,16 @@ def volume_stage(
     size: int,
     candidates: int,
     check=None,
+    matched_flips=None,
 ) -> VolumeStageResult:
     """Stage 3 over query slices grouped by volume (scoring and the null alike).
 
     query_vids [n]: the query volume of each slice (keys of query_volumes); positions [n, 3]
     and thumbnail_mm [n]: its plane; matched_vids [n] and matched_positions [n, 3]: the
     training volume and slice centre its stage-1/2 match lies in; stage_scores [n] break ties
-    between candidates; training_volume(vid) -> CompactVolume; check() may cancel.
+    between candidates; training_volume(vid) -> CompactVolume; check() may cancel;
+    matched_flips [n] (optional): the in-plane flip ("none", "hflip", ...) of each slice's
+    match, whose majority is the first mirror stage 3 tries.
     """
     result = VolumeStageResult(np.full(len(query_vids), -1.0), {})
     planes_all = plane_points(positions, thumbnail_mm, axis, size)
@@ -253,7 +266,8 @@ def volume_stage(
         query, planes = query_volumes[int(vid)], planes_all[rows]
         mine = query.sample(planes)
         best = None
-        for t in candidate_volumes(matched_vids[rows], stage_scores[rows], candidates):
+        ranked = candidate_volumes(matched_vids[rows], stage_scores[rows], candidates)
+        for t in ranked:
             pairs = rows[matched_vids[rows] == t]
             match = match_volume(
                 query,
@@ -262,6 +276,9 @@ def volume_stage(
                 planes,
                 (positions[pairs], matched_positions[pairs]),
                 mine,
+                None if matched_flips is None else [str(f) for f in matched_flips[pairs]],
+                axis,
+                alternatives=t == ranked[0],  # mirrors and scales: the most matched only
             )
             result.scores[rows] = np.maximum(result.scores[rows], match.slice_ncc)
             result.registrations += 1
