@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 OUT ?= demo-output
 
-.PHONY: venv venv-test test lint format demo bench mutation clean
+.PHONY: venv venv-test browser test lint format demo bench mutation clean
 
 venv: $(STAMP)
 venv-test: $(TEST_STAMP)
@@ -35,7 +35,15 @@ format: venv-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: venv-test lint
+# The report's viewer is tested in Debian's Chromium, headless (Testing/engine/
+# test_report_viewer.py, through Playwright with this browser: it downloads none). Installed
+# here when missing and apt-get may run (root); elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "Chromium could not be installed: the report's browser tests will skip."
+
+test: venv-test lint browser
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 demo: venv

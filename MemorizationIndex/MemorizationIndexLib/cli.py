@@ -42,8 +42,7 @@ class TqdmProgress:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            unit = "slice" if stage == VERIFY_STAGE else "vol"
-            self.bar = tqdm(total=total or None, desc=stage, unit=unit, file=sys.stderr)
+            self.bar = tqdm(total=total or None, desc=stage, unit=unit_of(stage), file=sys.stderr)
         self.bar.n = round(done, 2)
         self.bar.refresh()
 
@@ -51,6 +50,20 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def unit_of(stage: str) -> str:
+    return "slice" if stage == VERIFY_STAGE else "vol"
+
+
+def make_progress(quiet: bool, stream=None):
+    """Bars on a terminal; plain lines, a few per stage, in a log file or CI (not a TTY)."""
+    stream = stream if stream is not None else sys.stderr
+    if quiet or stream.isatty():
+        return TqdmProgress(quiet)
+    from .progress_lines import LineProgress
+
+    return LineProgress(stream, unit_of)
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -281,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(s, "default: the bank's own; another one is refused")
     s.add_argument("--stride", type=int, default=1, help="score every n-th foreground slice")
     s.add_argument("--alpha", type=float, default=0.01, help="flag when MI >= 1 - alpha")
+    s.add_argument(
+        "--report-images",
+        choices=("inline", "beside"),
+        default="inline",
+        help="the viewer's pictures inside report.html (one file; the most suspicious "
+        "suspects, up to 1,000 slices, get a viewer) or as PNG files in images/ beside it "
+        "(every suspect)",
+    )
     _ray_options(s, "score")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
@@ -301,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
-    progress = TqdmProgress(args.quiet)
+    progress = make_progress(args.quiet)
     job = Job(progress)
     try:
         if args.command == "build-bank":
@@ -446,7 +467,7 @@ def _score(args, job: Job) -> int:
     encoder = bank.load_encoder(args.checkpoint, args.device, args.batch_size, args.encoder)
     # One volume at a time, each kept as it is done: a killed run resumes (scoring/resume.py).
     result, resume = score_in_pieces(bank, encoder, args, job)
-    write_report(result, bank, args.out, inputs)
+    write_report(result, bank, args.out, inputs, images_beside=args.report_images == "beside")
     resume.remove()
     job.progress.close()
     print_verdicts(result)

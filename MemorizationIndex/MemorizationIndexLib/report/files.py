@@ -1,5 +1,6 @@
-"""Score outputs: slices.csv, volumes.csv, summary.json and a self-contained report.html,
-written together into one folder, atomically.
+"""Score outputs: slices.csv, volumes.csv, summary.json and a self-contained report.html
+(or report.html with its pictures under images/), written together into one folder,
+atomically.
 
 The CSV columns are a contract other tools read (README, "Output files"); the rows come
 from the typed results (scoring/results.py), which hold that contract.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import atomic_directory
 from ..bank.feature_bank import FeatureBank
+from ..scoring.audit import audit_record
 from ..scoring.results import (
     SLICE_COLUMNS_REQUIRED,
     VOLUME_COLUMNS_REQUIRED,
@@ -51,19 +53,29 @@ def _csv_value(v):
 
 
 def write_report(
-    result: ScoreResult, bank: FeatureBank, out_dir: str | os.PathLike, inputs=()
+    result: ScoreResult,
+    bank: FeatureBank,
+    out_dir: str | os.PathLike,
+    inputs=(),
+    images_beside: bool = False,
 ) -> Path:
     """Write all four outputs at once (atomically); returns the report folder.
 
+    The summary gains its audit record (scoring/audit.py) here, where the report is made.
+    images_beside: the viewer's pictures as PNG files under images/ (report.html then needs
+    its folder); by default they are inline and report.html stands alone.
     The bank's folder and `inputs` (e.g. the synthetic folder) are never written into.
     """
     out_dir = Path(out_dir)
     inputs = (*inputs, bank.path) if getattr(bank, "path", None) else tuple(inputs)
+    if "audit" not in result.summary:
+        result.summary["audit"] = audit_record(result, bank)
     with atomic_directory(out_dir, "report", inputs) as tmp:
         write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
         write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
         (tmp / "summary.json").write_text(
             json.dumps(result.summary, indent=2, default=str), encoding="utf-8"
         )
-        (tmp / "report.html").write_text(render_html(result, bank), encoding="utf-8")
+        page = render_html(result, bank, tmp if images_beside else None)
+        (tmp / "report.html").write_text(page, encoding="utf-8")
     return out_dir

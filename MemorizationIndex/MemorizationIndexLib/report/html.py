@@ -4,14 +4,16 @@ histogram against the calibration null, and the top suspected copies with their 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..bank.feature_bank import FeatureBank
-from ..geometry import flip_axes, sampling_theta, warp
-from ..scoring.results import ScoreResult, SliceResult
+from ..geometry import flip_axes
+from ..scoring.results import ScoreResult
 from .images import difference_image, png_data_uri
+from .slice_images import aligned
+from .viewer import VIEWER_STYLE, Suspect, pose_text, suspect_button, viewer_section
 
 TOP_COPIES_IN_REPORT = 12
 
@@ -46,26 +48,6 @@ def _histogram_svg(synthetic: np.ndarray, null: np.ndarray, width=560, height=20
     return "".join(parts)
 
 
-def aligned_thumbnail(match: np.ndarray, alignment, i: int) -> np.ndarray:
-    """A bank thumbnail moved onto query i by its verified pose (uint8 in and out)."""
-    theta = sampling_theta(
-        alignment.flip[i], alignment.angle[i], alignment.scale[i], alignment.shift[i], len(match)
-    )
-    image = torch.from_numpy(match.astype(np.float32))[None]
-    return warp(image, theta[None])[0].numpy().round().clip(0, 255).astype(np.uint8)
-
-
-def pose_text(row: SliceResult) -> str:
-    text = f"{row.flip}"
-    if row.verified_ncc is not None:
-        text += (
-            f", {row.angle_deg:+.1f}°, shift ({row.shift_mm[0]:+.1f}, "
-            f"{row.shift_mm[1]:+.1f}) mm, scale ({row.scale[0]:.2f}, "
-            f"{row.scale[1]:.2f}); NCC {row.verified_ncc:.3f}"
-        )
-    return text
-
-
 def _card(result: ScoreResult, bank: FeatureBank, i: int) -> str:
     """One suspected copy: synthetic, nearest training (aligned), difference, numbers."""
     esc = html.escape
@@ -76,7 +58,7 @@ def _card(result: ScoreResult, bank: FeatureBank, i: int) -> str:
         match = np.zeros_like(query)
     elif result.alignment is not None:
         # The training slice moved onto the synthetic one by the verified pose.
-        match = aligned_thumbnail(match, result.alignment, i)
+        match = aligned(match, result.alignment, i, len(match))
     else:
         # Show the query as the matched view saw it, so the copy lines up with its match.
         axes = flip_axes(r.flip)
@@ -103,7 +85,8 @@ def _series(name: str) -> str:
     return f" <small>(series {html.escape(name)})</small>" if name else ""
 
 
-def _volume_table_rows(result: ScoreResult) -> str:
+def _volume_table_rows(result: ScoreResult, viewers: dict[tuple[str, str], str]) -> str:
+    """One row per volume, most suspicious first; a flagged one opens in the viewer."""
     esc = html.escape
     return "".join(
         f'<tr class="{"flag" if v.flagged else ""}">'
@@ -111,8 +94,45 @@ def _volume_table_rows(result: ScoreResult) -> str:
         f"<td>{'COPY' if v.flagged else 'novel'}</td><td>{v.mi:.6f}</td>"
         f"<td>{v.oni:+.3f}</td><td>{v.fraction_flagged:.2f}</td>"
         f"<td>{v.longest_run}</td><td>{esc(v.match_volume)}</td>"
-        f"<td>{esc(v.pose_text())}</td></tr>"
+        f"<td>{esc(v.pose_text())}</td>"
+        f"<td>{_open(viewers.get((v.volume, v.series_uid)))}</td></tr>"
         for v in result.ranked_volumes()
+    )
+
+
+def _open(key: str | None, text: str = "view") -> str:
+    return suspect_button(key, text) if key else ""
+
+
+def _subject_rows(table: list[dict], shown: list[Suspect]) -> str:
+    """Rows of a copies-per-training-subject table, each with its suspects' viewers."""
+    esc = html.escape
+    buttons: dict[str, list[str]] = {}
+    for k, suspect in enumerate(shown):
+        buttons.setdefault(str(suspect.subject), []).append(_open(suspect.key, f"#{k + 1}"))
+    rows = "".join(
+        f"<tr><td>{esc(str(r['subject']))}</td><td>{r['copies']}</td>"
+        f"<td>{r['training_files']}</td><td>{esc(r['example'])}</td>"
+        f"<td>{' '.join(buttons.get(str(r['subject']), []))}</td></tr>"
+        for r in table
+    )
+    return rows or "<tr><td colspan=5>none</td></tr>"
+
+
+SUBJECT_HEADER = (
+    "<tr><th>training subject (group)</th><th>copies</th><th>training {what} copied</th>"
+    "<th>example</th><th>inspect</th></tr>"
+)
+
+
+def _subject_section(s: dict, shown: list[Suspect]) -> str:
+    """The flagged volumes grouped by the training subject they copy (a data owner's view)."""
+    table = s.get("copies_per_training_subject")
+    if table is None or (not table and "images" in s):
+        return ""
+    return (
+        "<h2>Training subjects copied by volumes, most first</h2>"
+        f"<table>{SUBJECT_HEADER.format(what='volumes')}{_subject_rows(table, shown)}</table>"
     )
 
 
@@ -129,7 +149,7 @@ def _encoder_note(s: dict) -> str:
     )
 
 
-def _image_set_section(s: dict) -> str:
+def _image_set_section(s: dict, shown: list[Suspect]) -> str:
     """The headline of a set of 2D images: share of copies with its interval, and the
     training subjects copied, most first (scoring/image_set.py)."""
     images = s.get("images")
@@ -138,11 +158,7 @@ def _image_set_section(s: dict) -> str:
     esc = html.escape
     low, high = images["share_flagged_ci95"]
     c_low, c_high = images["estimated_copy_share_ci95"]
-    rows = "".join(
-        f"<tr><td>{esc(str(r['subject']))}</td><td>{r['copies']}</td>"
-        f"<td>{r['training_files']}</td><td>{esc(r['example'])}</td></tr>"
-        for r in images["copies_per_training_subject"]
-    )
+    rows = _subject_rows(images["copies_per_training_subject"], shown)
     units = (
         f"<p>{images['pixel_units']} images carry no pixel size (raster or NumPy files): "
         "their poses are in pixels.</p>"
@@ -157,18 +173,42 @@ Estimated share of copies, after the alpha expected of novel images:
 <b>{100 * images["estimated_copy_share"]:.1f} %</b> ({100 * c_low:.1f}-{100 * c_high:.1f} %).
 Mean MI {images["mean_mi"]:.3f}, mean ONI {images["mean_oni"]:+.3f}.</p>{units}{stage3}
 <h3>Training subjects copied, most first</h3>
-<table><tr><th>training subject (group)</th><th>copies</th><th>training images copied</th>
-<th>example</th></tr>{rows or "<tr><td colspan=4>none</td></tr>"}</table>
+<table>{SUBJECT_HEADER.format(what="images")}{rows}</table>
 """
 
 
-def render_html(result: ScoreResult, bank: FeatureBank) -> str:
-    """The whole page; most of this function is the page's template."""
+def _audit_section(s: dict) -> str:
+    """The audit record (scoring/audit.py): enough to repeat the audit and cite it."""
+    a = s.get("audit")
+    if not a:
+        return ""
+    esc = html.escape
+    samples, training, null = a["samples"], a["training"], a["null"]
+    return f"""<h2>Audit record</h2>
+<table>
+<tr><th>engine</th><td>memorization-index {esc(a["engine_version"])}</td></tr>
+<tr><th>sample set</th><td>{samples["n_files"]} files under <code>{esc(samples["root"])}</code>;
+SHA-256 of their <code>sha256sum</code> lines: <code>{samples["sha256"]}</code>
+(per-file digests in summary.json)</td></tr>
+<tr><th>training manifest</th><td>SHA-256 <code>{training["manifest_sha256"]}</code>
+({training["n_training_volumes"]} training volumes, {training["n_bank_slices"]} slices)</td></tr>
+<tr><th>null</th><td>{esc(null["what"])}: {null["n_slices"]} slices, SHA-256
+<code>{null["samples_sha256"]}</code></td></tr>
+<tr><th>alpha</th><td>{a["alpha"]} (flag when MI &ge; 1 - alpha)</td></tr>
+</table>
+"""
+
+
+def render_html(result: ScoreResult, bank: FeatureBank, images_folder: Path | None = None) -> str:
+    """The whole page; most of this function is the page's template. images_folder: write
+    the viewer's pictures there (the report's folder) instead of inline."""
     s = result.summary
     esc = html.escape
     sims = np.array([r.similarity for r in result.slices])
     cards = [_card(result, bank, i) for i in result.ranked_slices()[:TOP_COPIES_IN_REPORT]]
-    vol_rows = _volume_table_rows(result)
+    viewer, shown = viewer_section(result, bank, images_folder)
+    viewers = {x.volume: x.key for x in shown if x.volume is not None}
+    vol_rows = _volume_table_rows(result, viewers)
     skipped = "".join(
         f"<li><code>{esc(x['path'])}</code>: {esc(x['reason'])}</li>" for x in s["skipped"]
     )
@@ -191,10 +231,11 @@ tr.flag td{{background:#fde2d6}}.warn{{background:#fff3bf;padding:.6em;border-ra
 .card{{border:1px solid #ccc;border-radius:6px;padding:8px;margin:8px 0}}
 .card.flag{{border-color:#d9480f}}.imgs{{display:flex;gap:8px}}
 figure{{margin:0;text-align:center;font-size:12px}}img{{image-rendering:pixelated}}
+{VIEWER_STYLE}
 </style></head><body>
 <h1>Memorization Index report</h1>
 {encoder_note}
-{_image_set_section(s)}
+{_image_set_section(s, shown)}
 <p><b>{s["n_volumes_flagged"]} of {s["n_volumes"]}</b> synthetic volumes flagged as copies;
 {s["n_slices_flagged"]} of {s["n_slices"]} slices flagged
 ({100 * s["fraction_slices_flagged"]:.1f} %, alpha = {s["alpha"]}).
@@ -203,14 +244,19 @@ Mean MI {s["mean_mi"]:.3f}.</p>
 <h2>Volumes</h2>
 <table><tr><th>volume</th><th>verdict</th><th>MI</th><th>ONI</th><th>slices flagged</th>
 <th>longest run</th><th>best-matching training volume</th>
-<th>3D registration (volume stage): training volume, similarity, pose</th></tr>{vol_rows}
+<th>3D registration (volume stage): training volume, similarity, pose</th>
+<th>inspect</th></tr>{vol_rows}
 </table>
+{_subject_section(s, shown)}
+<h2>Inspect the suspects: slice by slice</h2>
+{viewer}
 <h2>Similarity: synthetic slices (orange) against the calibration null (grey)</h2>
 {_histogram_svg(sims, bank.null.samples)}
 <p>Null: {s["calibration"]["n_null_slices"]} slices of training volumes held out of the bank;
 MI = the null's CDF at a slice's similarity (upper tail: generalised Pareto fit).</p>
 <h2>Top suspected copies</h2>
 {"".join(cards)}
+{_audit_section(s)}
 <h2>Warnings</h2>
 <ul>{warned or "<li>none</li>"}</ul>
 <h2>Skipped inputs</h2>

@@ -72,32 +72,41 @@ def image_set_summary(
     }
 
 
-def copies_per_subject(
-    flagged: list[SliceResult], subject_groups: list[int] | None, training_volumes: list[str]
-) -> list[dict]:
-    """[{subject, copies, training_files, example}] over the flagged images' matched
-    training subjects, most copied first."""
+def subjects_of(
+    rows: list, subject_groups: list[int] | None, training_volumes: list[str]
+) -> list[int | str]:
+    """The training subject each row (a slice or a volume) matched: the bank's subject
+    number of its match_volume, its volume number without groups, or the path itself when
+    the bank does not list it."""
     position = {v: k for k, v in enumerate(training_volumes)}
-    group_of = {}
-    for row in flagged:
+    out: list[int | str] = []
+    for row in rows:
         vid = position.get(row.match_volume)
         if vid is None:
-            group_of[row.match_volume] = row.match_volume
+            out.append(row.match_volume)
         elif subject_groups and vid < len(subject_groups):
-            group_of[row.match_volume] = int(subject_groups[vid])
+            out.append(int(subject_groups[vid]))
         else:
-            group_of[row.match_volume] = vid
-    counts = Counter(group_of[row.match_volume] for row in flagged)
+            out.append(vid)
+    return out
+
+
+def copies_per_subject(
+    flagged: list, subject_groups: list[int] | None, training_volumes: list[str]
+) -> list[dict]:
+    """[{subject, copies, training_files, example}] over the flagged rows' (images' or
+    volumes') matched training subjects, most copied first."""
+    groups = subjects_of(flagged, subject_groups, training_volumes)
     files: dict = {}
-    for row in flagged:
-        files.setdefault(group_of[row.match_volume], Counter())[row.match_volume] += 1
+    for row, group in zip(flagged, groups, strict=True):
+        files.setdefault(group, Counter())[row.match_volume] += 1
     table = [
         {
             "subject": group if isinstance(group, int) else str(group),
-            "copies": count,
-            "training_files": len(files[group]),
-            "example": files[group].most_common(1)[0][0],
+            "copies": sum(counter.values()),
+            "training_files": len(counter),
+            "example": counter.most_common(1)[0][0],
         }
-        for group, count in counts.items()
+        for group, counter in files.items()
     ]
     return sorted(table, key=lambda r: (-r["copies"], str(r["subject"])))

@@ -23,7 +23,7 @@ from ..scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scan
 from ..scans.sources import IMAGE_PX
 from ..search.index import StageResult
 from ..search.volume_stage import VolumeMatch, VolumeStageResult, volume_stage
-from .image_set import image_set_summary
+from .image_set import copies_per_subject, image_set_summary
 from .results import ScoreResult, SliceResult, VolumeResult
 
 HIGH_QUANTILE = 0.9
@@ -124,7 +124,6 @@ def volume_stage_of(bank: FeatureBank, queries: FeatureSet, stages: StageResult,
         size=bank.settings.thumbnail_size,
         candidates=bank.settings.volume_candidates,
         check=job.check,
-        matched_flips=stages.flips(bank.settings.flips)[rows],
     )
     scores = np.full(len(queries), np.nan)  # none for the slices of 2D images
     scores[rows] = result.scores
@@ -301,11 +300,14 @@ def dataset_summary(
     slice_flag = np.array([r.flagged for r in slice_rows], bool)
     frac = float(slice_flag.mean()) if n_slices else 0.0
     mi = np.array([r.mi for r in slice_rows])
-    images = image_set_summary(
-        slice_rows, volume_rows, alpha, bank.manifest.get("subject_groups"), bank.volumes
-    )
+    groups = bank.manifest.get("subject_groups")
+    images = image_set_summary(slice_rows, volume_rows, alpha, groups, bank.volumes)
+    solid = [v for v in volume_rows if v.kind == "volume"]
+    # What a data owner reads: how many flagged volumes copy each training subject.
+    per_subject = copies_per_subject([v for v in solid if v.flagged], groups, bank.volumes)
     return {
         **({"images": images} if images else {}),
+        **({"copies_per_training_subject": per_subject} if solid else {}),
         "alpha": alpha,
         "n_volumes": n_vol,
         "n_slices": n_slices,
