@@ -124,6 +124,7 @@ def volume_stage_of(bank: FeatureBank, queries: FeatureSet, stages: StageResult,
         size=bank.settings.thumbnail_size,
         candidates=bank.settings.volume_candidates,
         check=job.check,
+        matched_flips=stages.flips(bank.settings.flips)[rows],
     )
     scores = np.full(len(queries), np.nan)  # none for the slices of 2D images
     scores[rows] = result.scores
