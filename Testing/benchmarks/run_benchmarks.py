@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-copies", type=int, default=8, help="copies per augmentation, encoder column"
     )
     p.add_argument(
+        "--encoders",
+        default="untrained,litemedsam",
+        help="the encoder column's encoders, in order (untrained, litemedsam)",
+    )
+    p.add_argument(
+        "--encoder-stage1-only",
+        action="store_true",
+        help="encoder column without the stage-2 cascade (its costliest part on a CPU)",
+    )
+    p.add_argument(
         "--scale-slices",
         type=int,
         default=100_000,
@@ -231,8 +241,10 @@ def run_encoders(args) -> dict:
 
     base = protocol.DetectionConfig.from_args(args)
     base.seeds, base.copies = args.encoder_seeds, args.encoder_copies
+    base.two_stage = not args.encoder_stage1_only
+    encoders = tuple(e.strip() for e in args.encoders.split(",") if e.strip())
     print("Encoder column: untrained ViT-B against LiteMedSAM ...", flush=True)
-    result = {"column": encoder_column.run(base)}
+    result = {"column": encoder_column.run(base, encoders)}
     if "litemedsam" in result["column"]["encoders"]:
         print("LiteMedSAM's TinyViT: CPU throughput against matmul ...", flush=True)
         result["speed"] = tinyvit_speed.run()

@@ -45,7 +45,7 @@ def test_build_bank_with_the_real_vit_b(small_cohort, tmp_path, capsys):
     bank = tmp_path / "bank"
     code = main(
         ["build-bank", str(train), "--out", str(bank), "--image-size", "32", "--stride", "6"]
-        + ["--device", "cpu", "--quiet"]
+        + ["--device", "cpu", "--quiet", "--encoder", "untrained"]
     )
     assert code == 0
     out = capsys.readouterr().out

@@ -135,7 +135,10 @@ def cli(*args) -> int:
 @pytest.fixture(scope="module")
 def png_bank(slice_cohort):
     bank = slice_cohort["out"] / "bank"
-    assert cli("build-bank", slice_cohort["train"], "--out", bank, "--image-size", 32) == 0
+    train = slice_cohort["train"]
+    assert (
+        cli("build-bank", train, "--out", bank, "--image-size", 32, "--encoder", "untrained") == 0
+    )
     return bank
 
 

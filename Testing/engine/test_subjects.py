@@ -176,7 +176,7 @@ def test_the_cli_prints_duplicates_and_subjects(small_cohort, tmp_path, capsys):
     os.symlink(first, train / "zz_link.nii.gz")
     code = main(
         ["build-bank", str(train), "--out", str(tmp_path / "bank"), "--image-size", "32"]
-        + ["--stride", "6", "--device", "cpu", "--quiet", "--no-images"]
+        + ["--stride", "6", "--device", "cpu", "--quiet", "--no-images", "--encoder", "untrained"]
     )
     assert code == 0
     out = capsys.readouterr().out
