@@ -138,3 +138,14 @@ def test_slice_matches_hint_the_mirror_and_the_scale():
     assert np.allclose(vf.hinted_frame(None, 1.0, "coronal"), np.eye(3))
     assert np.allclose(vf.hinted_frame(["vflip"], 1.0, "coronal"), np.diag([1.0, 1.0, -1.0]))
     assert vf.slice_axis_slope(syn[:2], trn[:2], "axial") == 1.0  # too few to tell
+
+
+def test_umeyama_recovers_a_similarity_and_kabsch_stays_rigid():
+    rng = np.random.default_rng(4)
+    source = rng.uniform(-50, 50, (20, 3))
+    r = vp.rotation_matrix((10.0, -5.0, 20.0))
+    target = 1.1 * source @ r.T + np.array([3.0, -4.0, 5.0])
+    sr, b = vp.umeyama(source, target)
+    assert np.allclose(sr, 1.1 * r) and np.allclose(b, (3.0, -4.0, 5.0))
+    rigid, _ = vp.kabsch(source, target)
+    assert np.allclose(rigid, r)  # no scale: the rotation alone
