@@ -139,9 +139,11 @@ def suspect_data(
 ) -> dict:
     """The JSON block of one viewer: its slices' labels, MI, numbers and pictures."""
     slices = []
-    for k, i in enumerate(suspect.rows):
+    pairs = images.pairs(suspect.rows)
+    for k, (i, (synthetic, training, from_files)) in enumerate(
+        zip(suspect.rows, pairs, strict=True)
+    ):
         row = result.slices[i]
-        synthetic, training, from_files = images.pair(i)
         sink.files_read += from_files
         pictures = (synthetic, training, difference_image(synthetic, training))
         slices.append(
