@@ -224,6 +224,7 @@ def evaluate(report: Path, truth, bank_stride: int) -> dict:
         },
         "n_novel_slices": int(is_novel.sum()),
         "novel_slice_flag_rate": float(flagged[is_novel].mean()),
+        "novel_flag_rates_by_bin": novel_flag_rates_by_bin(slices, is_novel, flagged),
         "novel_volumes_flagged": [
             Path(v["volume"]).name for v in novel_vols if is_true(v["flagged"])
         ],
@@ -231,6 +232,40 @@ def evaluate(report: Path, truth, bank_stride: int) -> dict:
         "copy_volumes_flagged": sum(r["volume_flagged"] for r in rows),
         "volume_stage_registrations": stage3["registrations"] if stage3 else None,
         "n_copy_volumes": len(rows),
+    }
+
+
+EDGE_SHARES = (0.06, 0.10)  # the outer 6 % (where issue 21 found the false flags), 10 %
+
+
+def novel_flag_rates_by_bin(slices: list[dict], is_novel: np.ndarray, flagged: np.ndarray):
+    """Novel slices' flag rate per bin, by two definitions: the benchmark's own (a slice's
+    rank among its volume's scored slices: outer 6 %, outer 6-10 %, middle) and the content
+    bin whose null judged it (slices.csv `null_bin`, when the engine writes it)."""
+    names = np.array([r["volume"] for r in slices])
+    index = np.array([int(r["slice_index"]) for r in slices])
+    rel = np.full(len(slices), np.nan)
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        order = rows[np.argsort(index[rows], kind="stable")]
+        rel[order] = np.arange(len(order)) / max(len(order) - 1, 1)
+    edge = np.minimum(rel, 1 - rel)
+    own = np.where(
+        edge < EDGE_SHARES[0], "outer 6 %", np.where(edge < EDGE_SHARES[1], "6-10 %", "middle")
+    )
+    out = {"position": _rates(own, is_novel, flagged)}
+    if slices and "null_bin" in slices[0]:
+        out["null_bin"] = _rates(np.array([r["null_bin"] for r in slices]), is_novel, flagged)
+    return out
+
+
+def _rates(labels: np.ndarray, is_novel: np.ndarray, flagged: np.ndarray) -> dict:
+    return {
+        str(label): {
+            "slices": int((is_novel & (labels == label)).sum()),
+            "flagged": int((is_novel & (labels == label) & flagged).sum()),
+        }
+        for label in np.unique(labels[is_novel])
     }
 
 
@@ -319,7 +354,25 @@ def markdown(results: dict, title: str = HARD_TITLE) -> str:
                 else "."
             ),
         ]
+        lines += bin_table(run.get("novel_flag_rates_by_bin") or {}, results.get("alpha", 0.01))
     return "\n".join(lines) + "\n"
+
+
+def bin_table(by_bin: dict, alpha: float) -> list[str]:
+    """Novel slices flagged per bin (the calibration target: about alpha in every bin)."""
+    if not by_bin:
+        return []
+    lines = ["", f"Novel slices flagged at alpha {alpha}, per bin:", ""]
+    lines += ["| binned by | bin | novel slices | flagged | share |", "|---|---|---|---|---|"]
+    names = {"position": "slice position (benchmark)", "null_bin": "null that judged it (engine)"}
+    for kind, bins in by_bin.items():
+        for label, c in bins.items():
+            share = c["flagged"] / c["slices"] if c["slices"] else float("nan")
+            lines.append(
+                f"| {names.get(kind, kind)} | {label} | {c['slices']} | {c['flagged']} | "
+                f"{100 * share:.1f} % |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -82,3 +82,17 @@ def test_flag_rate_on_novel_volumes_is_near_alpha():
     # And the volume-level (Simes) verdict rarely fires on novel volumes: at alpha = 0.01,
     # 4 or more of 30 would happen with probability 3e-4 for independent volumes.
     assert sum(v["flagged"] for v in result.volumes) <= 3
+    # The rate holds where slices show little anatomy too (calibration/content.py): the
+    # outer tenth of each volume's scored slices, by this test's own count, is flagged no
+    # more often than alpha allows, and neither is the middle.
+    edge = np.zeros(n, bool)
+    names = np.array([r["volume"] for r in result.slices])
+    index = np.array([r["slice_index"] for r in result.slices])
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        rank = np.argsort(np.argsort(index[rows]))
+        edge[rows] = np.minimum(rank, len(rows) - 1 - rank) < 0.1 * len(rows)
+    for part in (edge, ~edge):
+        m = int(part.sum())
+        assert m > 100
+        assert (p[part] <= 0.1).sum() <= binom.isf(0.001, m, 0.1), ((p[part] <= 0.1).sum(), m)

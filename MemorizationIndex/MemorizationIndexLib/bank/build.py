@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import check_output
 from ..calibration.combination import Combination
+from ..calibration.content import ContentNull, SliceContent
 from ..calibration.null import NullModel, volume_folds
 from ..encoding.encoder import Encoder, EncoderInfo
 from ..encoding.features import EncodingPlan, FeatureSet, encode_resumable
@@ -27,6 +28,7 @@ from ..scans.images import is_image_file
 from ..scans.subjects import (
     Subject,
     compile_subject_pattern,
+    few_subjects_warning,
     one_subject_each_if_all_one,
     read_grouping_file,
     split_duplicates,
@@ -52,6 +54,9 @@ class NullSearch:
     rows: np.ndarray  # the FeatureSet rows these belong to
     matched_volume: np.ndarray  # training volume of each slice's match
     gate: float | None = None  # stage 2's gate: this share of check values lie below it
+    # stage 2's check value of every held-out slice, ungated (None without verification):
+    # continuous where the gated score settles most slices at one value
+    checks: np.ndarray | None = None
 
 
 def cross_fitted_null(
@@ -112,7 +117,7 @@ def cross_fitted_null(
             s3[query_mask] = held_out_volume_stage(
                 train, positions, settings, null_rows[query_mask], bank_rows, result, job
             ).scores
-    return NullSearch(s1, s2, s3, null_rows, matched, gate)
+    return NullSearch(s1, s2, s3, null_rows, matched, gate, checks if s2 is not None else None)
 
 
 def held_out_volume_stage(
@@ -157,7 +162,10 @@ def near_duplicates(train: FeatureSet, null: NullSearch) -> list[tuple[int, int]
     match one other volume. No threshold on the score itself: it holds for any encoder.
     """
     volumes = train.volume_ids[null.rows]
-    scores = null.s2 if null.s2 is not None else null.s1
+    # Stage 2's check values, not its gated scores: the gate settles most held-out slices at
+    # one score, so most volumes' median would be that score, the spread 0 and any volume
+    # a hair above it a "near-duplicate" (distinct spine phantom subjects were paired).
+    scores = null.checks if null.checks is not None else null.s1
     # A 2D image is one slice, which always "mostly" matches one other image: the rule
     # needs volumes (exact repeats of images are found by content before encoding).
     present = np.array([v for v in np.unique(volumes) if not train.is_2d(int(v))], np.int64)
@@ -229,15 +237,68 @@ def settings_for(train: FeatureSet, settings: BankSettings) -> tuple[BankSetting
     }
 
 
-def fitted_nulls(found: NullSearch) -> tuple[Combination, NullModel, NullModel | None]:
-    """The stage combination, the null of its statistic and, with stage 3, the null of the
-    stage-1-2 statistic of the same held-out slices (for 2D queries, which have no volume)."""
+@dataclass
+class FittedNulls:
+    """What calibration keeps: the stage combination, the null of its statistic and (with
+    stage 3) the null of the stage-1-2 statistic of the same held-out slices, for 2D queries,
+    which have no volume; each also per content bin (calibration/content.py)."""
+
+    combination: Combination
+    null: NullModel
+    planar_null: NullModel | None
+    content_null: ContentNull
+    planar_content_null: ContentNull | None
+
+
+def fitted_nulls(found: NullSearch, content: SliceContent) -> FittedNulls:
+    """The nulls of the held-out slices `found`; content: of those slices (found.rows)."""
     combination = Combination.fit(found.s1, found.s2, found.s3, gate=found.gate)
-    null = NullModel.fit(combination.statistic_of(found.s1, found.s2, found.s3))
+    statistic = combination.statistic_of(found.s1, found.s2, found.s3)
+    fitted = FittedNulls(
+        combination,
+        NullModel.fit(statistic),
+        None,
+        ContentNull.fit(statistic, content),
+        None,
+    )
     if found.s3 is None:
-        return combination, null, None
+        return fitted
     planar = Combination.fit(found.s1, found.s2, None, gate=found.gate)
-    return combination, null, NullModel.fit(planar.statistic_of(found.s1, found.s2))
+    flat = planar.statistic_of(found.s1, found.s2)
+    fitted.planar_null = NullModel.fit(flat)
+    fitted.planar_content_null = ContentNull.fit(flat, content)
+    return fitted
+
+
+def build_manifest(
+    train: FeatureSet,
+    info: EncoderInfo,
+    groups: np.ndarray,
+    pairs: list[tuple[int, int]],
+    extra: dict,
+) -> dict:
+    """What a new bank's manifest says of its inputs: skipped, warnings, subjects (with a
+    warning when few), near-duplicates; `extra` is added as it is."""
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "skipped": [asdict(s) for s in train.skipped],
+        "warnings": {
+            f"{v} {u}".strip(): w
+            for v, u, w in zip(train.volumes, train.series_uids, train.volume_warnings, strict=True)
+            if w
+        },
+        "untrained_encoder_notice": None if info.trained else info.name,
+        "subject_groups": groups.tolist(),
+        "n_subjects": int(len(np.unique(groups))),
+        "near_duplicates": [
+            {"volume": train.volumes[v], "matches": train.volumes[w]} for v, w in pairs
+        ],
+    }
+    manifest.update(extra)
+    few = few_subjects_warning(manifest["n_subjects"])
+    if few:
+        manifest["subject_warnings"] = [*manifest.get("subject_warnings", []), few]
+    return manifest
 
 
 def bank_from_features(
@@ -261,26 +322,10 @@ def bank_from_features(
     if pairs:  # calibrate again with each such pair held out together
         groups = merge_groups(groups, pairs)
         found = cross_fitted_null(train, settings, job, groups)
-    combination, null, planar_null = fitted_nulls(found)
+    nulls = fitted_nulls(found, SliceContent.of_features(train).take(found.rows))
     thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
     index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)
-    manifest = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "skipped": [asdict(s) for s in train.skipped],
-        "warnings": {
-            f"{v} {u}".strip(): w
-            for v, u, w in zip(train.volumes, train.series_uids, train.volume_warnings, strict=True)
-            if w
-        },
-        "untrained_encoder_notice": None if info.trained else info.name,
-        "subject_groups": groups.tolist(),
-        "n_subjects": int(len(np.unique(groups))),
-        "near_duplicates": [
-            {"volume": train.volumes[v], "matches": train.volumes[w]} for v, w in pairs
-        ],
-    }
-    manifest.update(notes)
-    manifest.update(extra_manifest or {})
+    manifest = build_manifest(train, info, groups, pairs, {**notes, **(extra_manifest or {})})
     return FeatureBank(
         settings=settings,
         encoder_info=info.to_dict(),
@@ -292,9 +337,11 @@ def bank_from_features(
         series_names=list(train.series_names),
         volume_kinds=[train.kind_of(v) for v in range(len(train.volumes))],
         thumbnail_mm=train.thumbnail_mm,
-        null=null,
-        planar_null=planar_null,
-        combination=combination,
+        null=nulls.null,
+        planar_null=nulls.planar_null,
+        content_null=nulls.content_null,
+        planar_content_null=nulls.planar_content_null,
+        combination=nulls.combination,
         manifest=manifest,
         compact_volumes=(
             CompactVolumeStore.of(train.compact_volumes) if settings.volume_stage else None

@@ -18,6 +18,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_directory
 from ..calibration.combination import Combination
+from ..calibration.content import POOLED, ContentNull, SliceContent
 from ..calibration.null import NullModel
 from ..encoding.choice import choice_of_bank
 from ..encoding.encoder import Encoder
@@ -45,6 +46,8 @@ from .files import (
     volume_paths,
 )
 from .settings import BankSettings
+
+CONTENT_NULL_FILE = "null_by_content.npz"
 
 
 @dataclass
@@ -74,6 +77,10 @@ class FeatureBank:
     planar_null: NullModel | None = None
     # per training volume: "volume", "image" or "image-px" (scans/sources.py); empty: volumes
     volume_kinds: list[str] = field(default_factory=list)
+    # The nulls of each content bin (calibration/content.py), for `null` and `planar_null`;
+    # None in banks from before content-conditional calibration (pooled null only).
+    content_null: ContentNull | None = None
+    planar_content_null: ContentNull | None = None
 
     def kind_of(self, vid: int) -> str:
         return self.volume_kinds[vid] if self.volume_kinds else "volume"
@@ -136,34 +143,48 @@ class FeatureBank:
             return Combination(verify=False)
         return Combination(True, self.combination.nulls[:2], self.combination.gate)
 
-    def calibrate(self, result: StageResult, planar: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(statistic, p-value, ONI) per query slice. planar [n] marks slices of 2D images:
-        with stage 3 they have no volume score, so they are judged by the stage-1-2
-        statistic and its own null, fitted on the very same held-out training slices."""
+    def calibrate(
+        self, result: StageResult, planar: np.ndarray, content: SliceContent | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """(statistic, p-value, ONI, null bin) per query slice. planar [n] marks slices of 2D
+        images: with stage 3 they have no volume score, so they are judged by the stage-1-2
+        statistic and its own null, fitted on the very same held-out training slices.
+        With `content` (and a bank that has them) each slice is judged by the null of its
+        content bin (calibration/content.py); the bin is '*/*' where the pooled null judged."""
         planar = np.asarray(planar, bool)
-        if self.compact_volumes is None or not planar.any():
-            statistic = self.statistic(result)
-            return statistic, self.null.p_value(statistic), self.null.oni(statistic)
-        if self.planar_null is None:
-            raise BankError(
-                f"The bank {self.path or ''} was built before 2D images could be scored "
-                "against a bank with the volume stage; rebuild it to score 2D images."
-            )
+        n = len(planar)
+        statistic, p, oni = np.zeros(n), np.ones(n), np.zeros(n)
+        bins = np.full(n, POOLED, dtype=object)
         s1 = result.stage1.similarity
         s2 = result.alignment.score if result.alignment is not None else None
-        statistic = np.zeros(len(planar))
-        p, oni = np.ones(len(planar)), np.zeros(len(planar))
-        flat = self.planar_combination.statistic_of(pick(s1, planar), pick(s2, planar))
-        statistic[planar] = flat
-        p[planar], oni[planar] = self.planar_null.p_value(flat), self.planar_null.oni(flat)
-        solid = ~planar
-        if solid.any():
-            full = self.combination.statistic_of(
-                pick(s1, solid), pick(s2, solid), pick(result.volume_ncc, solid)
-            )
-            statistic[solid] = full
-            p[solid], oni[solid] = self.null.p_value(full), self.null.oni(full)
-        return statistic, p, oni
+        s3 = result.volume_ncc
+        if self.compact_volumes is None or not planar.any():
+            parts = [(np.ones(n, bool), self.combination, (s1, s2, s3), self.null,
+                      self.content_null)]  # fmt: skip
+        else:
+            if self.planar_null is None:
+                raise BankError(
+                    f"The bank {self.path or ''} was built before 2D images could be scored "
+                    "against a bank with the volume stage; rebuild it to score 2D images."
+                )
+            parts = [
+                (planar, self.planar_combination, (s1, s2), self.planar_null,
+                 self.planar_content_null),
+                (~planar, self.combination, (s1, s2, s3), self.null, self.content_null),
+            ]  # fmt: skip
+        for rows, combination, scores, null, by_content in parts:
+            if not rows.any():
+                continue
+            stat = combination.statistic_of(*(pick(x, rows) for x in scores))
+            statistic[rows] = stat
+            if by_content is None or content is None:
+                p[rows], oni[rows] = null.p_value(stat), null.oni(stat)
+                continue
+            c = content.take(np.flatnonzero(rows))
+            p[rows] = by_content.p_value(stat, c, null)
+            oni[rows] = by_content.oni(stat, c, null)
+            bins[rows] = by_content.bins(c)
+        return statistic, p, oni, bins.astype(str)
 
     def load_encoder(
         self,
@@ -219,11 +240,7 @@ class FeatureBank:
             if self.settings.store_images:
                 np.save(tmp / "thumbnails.npy", self.thumbnails.astype(np.uint8))
             np.save(tmp / "thumbnail_mm.npy", self.thumbnail_mm.astype(np.float64))
-            np.savez(tmp / "null.npz", **self.null.to_arrays())
-            if self.planar_null is not None:
-                np.savez(tmp / "null_2d.npz", **self.planar_null.to_arrays())
-            if self.combination.verify:
-                np.savez(tmp / "null_stages.npz", **self.combination.to_arrays())
+            self._save_nulls(tmp)
             if self.compact_volumes is not None:
                 np.save(tmp / "volume_voxels.npy", np.asarray(self.compact_volumes.voxels))
                 np.save(tmp / "volume_geometry.npy", self.compact_volumes.geometry)
@@ -251,6 +268,9 @@ class FeatureBank:
                         for layer, w in zip(layers, self.index.whiteners_, strict=True)
                     },
                     "calibration": self.null.summary(),
+                    "calibration_by_content": (
+                        None if self.content_null is None else self.content_null.summary()
+                    ),
                     "combination": self.combination.summary(),
                     "verifier_version": VERIFIER_VERSION if self.combination.verify else None,
                     "volume_stage": self._volume_stage_description(),
@@ -262,6 +282,19 @@ class FeatureBank:
         self.path = str(path)
         self.manifest = manifest
         return path
+
+    def _save_nulls(self, folder: Path) -> None:
+        """The calibration: pooled, per content bin, for 2D queries, per stage."""
+        np.savez(folder / "null.npz", **self.null.to_arrays())
+        if self.planar_null is not None:
+            np.savez(folder / "null_2d.npz", **self.planar_null.to_arrays())
+        if self.content_null is not None:
+            arrays = self.content_null.to_arrays("volume_")
+            if self.planar_content_null is not None:
+                arrays.update(self.planar_content_null.to_arrays("planar_"))
+            np.savez(folder / CONTENT_NULL_FILE, **arrays)
+        if self.combination.verify:
+            np.savez(folder / "null_stages.npz", **self.combination.to_arrays())
 
     def _volume_stage_description(self) -> dict | None:
         """What the bank keeps of each training scan for stage 3, in words and bytes."""
@@ -306,6 +339,8 @@ class FeatureBank:
             thumbnail_mm=arrays["thumbnail_mm"],
             null=arrays["null"],
             planar_null=arrays["planar_null"],
+            content_null=arrays["content_null"],
+            planar_content_null=arrays["planar_content_null"],
             combination=arrays["combination"],
             manifest=manifest,
             path=str(path),
@@ -387,6 +422,7 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
             "list. Rebuild the bank."
         )
     null, planar_null, combination = _load_nulls(path, settings, manifest)
+    content_null, planar_content_null = _load_content_nulls(path, manifest)
     return {
         "whiteners": whiteners,
         "vectors": load_layers(path, manifest, settings.layers, vectors) if compressed else vectors,
@@ -397,6 +433,8 @@ def _load_arrays(path: Path, settings: BankSettings, manifest: dict, n_volumes: 
         "thumbnail_mm": per_slice["thumbnail_mm.npy"],
         "null": null,
         "planar_null": planar_null,
+        "content_null": content_null,
+        "planar_content_null": planar_content_null,
         "combination": combination,
         "compact_volumes": _load_compact_volumes(path, n_volumes)
         if settings.volume_stage
@@ -421,6 +459,23 @@ def _load_nulls(path: Path, settings: BankSettings, manifest: dict):
     except (TypeError, ValueError) as exc:
         raise BankError(f"Bank {path}: the calibration null is damaged ({exc}).") from exc
     return null, planar_null, combination
+
+
+def _load_content_nulls(path: Path, manifest: dict):
+    """(null by content, planar null by content); None for banks built before them."""
+    if CONTENT_NULL_FILE not in manifest.get("files", {}):
+        return None, None
+    fixed = ("low_foreground", "keys", "count_keys", "count_values")
+    arrays = load_npz(path, CONTENT_NULL_FILE, tuple(f"volume_{k}" for k in fixed))
+    try:
+        planar = None
+        if "planar_keys" in arrays:
+            planar = ContentNull.from_arrays(arrays, "planar_")
+        return ContentNull.from_arrays(arrays, "volume_"), planar
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BankError(
+            f"Bank file {path / CONTENT_NULL_FILE} is damaged ({exc}). Rebuild the bank."
+        ) from exc
 
 
 def _load_compact_volumes(path: Path, n_volumes: int) -> CompactVolumeStore:

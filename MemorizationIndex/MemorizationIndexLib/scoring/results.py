@@ -113,6 +113,9 @@ class SliceResult(_Row):
     # "px" when this or the matched image has no pixel size (a raster file, a NumPy
     # stack): the shift columns are then in pixels of this image, not millimetres
     units: str = "mm"
+    # the content bin whose null judged this slice, "position/foreground" (edge, middle or
+    # * = any; low or high); "*/*" is the pooled null (calibration/content.py)
+    null_bin: str = "*/*"
 
     def as_row(self) -> dict:
         """The slices.csv row, columns in file order."""
@@ -129,6 +132,7 @@ class SliceResult(_Row):
             "oni": self.oni,
             "p_value": self.p_value,
             "flagged": self.flagged,
+            "null_bin": self.null_bin,
             "match_volume": self.match_volume,
             "match_series_uid": self.match_series_uid,
             "match_series_name": self.match_series_name,

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ..bank.feature_bank import FeatureBank
+from ..calibration.content import SliceContent
 from ..encoding.encoder import Encoder
 from ..encoding.features import FeatureSet, extract_features
 from ..errors import InputError, SettingsError
@@ -68,9 +69,11 @@ def check_alpha(alpha: float) -> None:
 
 
 def _calibrated(bank: FeatureBank, queries: FeatureSet, stages: StageResult, alpha: float):
-    """(statistic, p, mi, oni, flagged) per slice, arrays [n]."""
-    statistic, p, oni = bank.calibrate(stages, queries.slices_of_2d())
-    return statistic, p, 1.0 - p, oni, p <= alpha
+    """(statistic, p, mi, oni, flagged, null bin) per slice, arrays [n]; each slice judged
+    by the null of its content bin where the bank has them (calibration/content.py)."""
+    planar = queries.slices_of_2d()
+    statistic, p, oni, bins = bank.calibrate(stages, planar, SliceContent.of_features(queries))
+    return statistic, p, 1.0 - p, oni, p <= alpha, bins
 
 
 def _pose(bank: FeatureBank, queries: FeatureSet, stages: StageResult, i: int) -> dict:
@@ -155,7 +158,7 @@ def _name_of(names: list[str], vid: int) -> str:
 
 
 def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
-    statistic, p, mi, oni, flagged = calibrated
+    statistic, p, mi, oni, flagged, bins = calibrated
     best = stages.stage1
     out = []
     for i, info in enumerate(queries.slices):
@@ -189,6 +192,7 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
                 },
                 top_matches=_top_matches(bank, best.topk[i], best.topk_similarity[i]),
                 volume_ncc=_finite_or_none(stages.volume_ncc, i),
+                null_bin=str(bins[i]),
                 units=_units(
                     queries.kind_of(int(queries.volume_ids[i])),
                     bank.kind_of(int(bank.volume_ids[int(stages.match_rows[i])])),
@@ -202,7 +206,7 @@ def _slice_results(bank, queries, stages, calibrated) -> list[SliceResult]:
 def _volume_result(
     bank, queries, stages, calibrated, vid: int, alpha: float, stage3: VolumeStageResult | None
 ) -> VolumeResult:
-    _, p, mi, oni, flagged = calibrated
+    _, p, mi, oni, flagged, _ = calibrated
     rows = np.flatnonzero(queries.volume_ids == vid)
     # The volume's match, run and flip follow its slices' reported (verified) matches.
     matched = stages.match_rows[rows]
@@ -272,8 +276,10 @@ def score_features(
     if stage3 is not None:
         summary["volume_stage"] = stage3.summary()
     summary["warnings"] = [
-        {"volume": volume, "warning": warning}
-        for volume, warnings in zip(queries.volumes, queries.volume_warnings, strict=True)
+        {"volume": volume, **({"series_uid": uid} if uid else {}), "warning": warning}
+        for volume, uid, warnings in zip(
+            queries.volumes, queries.series_uids, queries.volume_warnings, strict=True
+        )
         for warning in warnings
     ]
     return ScoreResult(
@@ -329,6 +335,10 @@ def dataset_summary(
         "encoder": bank.encoder_info,
         "untrained_encoder": not bank.trained_encoder,
         "calibration": bank.null.summary(),
+        "calibration_by_content": (
+            bank.content_null.summary() if bank.content_null is not None else None
+        ),
+        "flagged_by_null_bin": flagged_by_bin(slice_rows),
         "bank": {
             "path": bank.path,
             "n_slices": len(bank),
@@ -336,6 +346,19 @@ def dataset_summary(
             "settings": bank.settings.to_dict(),
         },
     }
+
+
+def flagged_by_bin(slice_rows: list[SliceResult]) -> dict[str, dict]:
+    """Per content bin whose null judged them: slices, flagged slices and their share (a
+    novel set is flagged at about alpha in every bin)."""
+    out: dict[str, dict] = {}
+    for r in slice_rows:
+        entry = out.setdefault(r.null_bin, {"slices": 0, "flagged": 0})
+        entry["slices"] += 1
+        entry["flagged"] += int(r.flagged)
+    for entry in out.values():
+        entry["share"] = entry["flagged"] / entry["slices"]
+    return dict(sorted(out.items()))
 
 
 def encode_queries(
