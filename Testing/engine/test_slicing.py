@@ -352,3 +352,38 @@ def test_nan_and_infinite_voxels_become_the_finite_minimum():
     ]
     with pytest.raises(InputError, match="mem has no finite voxel"):
         read(np.full((3, 16, 16), np.nan, np.float32))
+
+
+def rician_phantom(sigma, seed=0):
+    """An ellipsoid of tissue (0.6-1.0) in a 60 x 64 x 64 field of view; with sigma > 0 the
+    magnitude of complex Gaussian noise over the whole field (Rician; Rayleigh outside)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:60, :64, :64]
+    inside = ((z - 30) / 22.0) ** 2 + ((y - 32) / 27.0) ** 2 + ((x - 32) / 24.0) ** 2 < 1
+    signal = np.where(inside, 0.6 + 0.4 * rng.random(inside.shape), 0.0)
+    noisy = np.abs(
+        signal + sigma * (rng.normal(size=signal.shape) + 1j * rng.normal(size=signal.shape))
+    )
+    tissue_share = inside.mean(axis=(1, 2))
+    return noisy.astype(np.float32), np.flatnonzero(tissue_share >= 0.05)
+
+
+def test_slices_of_pure_rician_background_are_not_foreground():
+    # sigma 4.5 % of the tissue's peak: about 8 % of pure-noise pixels pass the percentile
+    # threshold, so every plane of the field of view passed the 5 % rule before
+    values, anatomy = rician_phantom(0.045)
+    before = values > np.percentile(values, 1) + 0.1 * np.ptp(np.percentile(values, [1, 99]))
+    assert (before.mean(axis=(1, 2)) >= 0.05).all()  # the old rule kept all 60 planes
+    assert read(values).slice_indices.tolist() == anatomy.tolist()
+    # much stronger noise: still only the planes with anatomy
+    values, anatomy = rician_phantom(0.08, seed=1)
+    assert read(values).slice_indices.tolist() == anatomy.tolist()
+
+
+def test_a_zero_background_or_no_background_keeps_the_percentile_rule():
+    clean, anatomy = rician_phantom(0.0)
+    assert read(clean).slice_indices.tolist() == anatomy.tolist()
+    # a tight crop: every voxel is tissue, nothing is background noise
+    rng = np.random.default_rng(3)
+    crop = (0.3 + 0.7 * rng.random((12, 32, 32))).astype(np.float32)
+    assert read(crop).slice_indices.tolist() == list(range(12))

@@ -23,6 +23,15 @@ from .sources import IMAGE, IMAGE_PX, VOLUME, ScanVolume, quietly, reader_reason
 # MIN_FOREGROUND_SHARE of its pixels are (ReadOptions.min_foreground).
 BACKGROUND_LEVEL = 0.1
 MIN_FOREGROUND_SHARE = 0.05
+# Where the background is noise (magnitude MRI: Rayleigh noise over the whole field of view),
+# the threshold is raised above that noise: NOISE_REACH background sigmas, where pure noise
+# lies with probability exp(-NOISE_REACH**2 / 2) = 0.03 %. Sigma is the mode of the lower
+# BACKGROUND_QUANTILE of the voxels (a Rayleigh's mode is its sigma). A "mode" that lies
+# higher than NOISE_FLOOR_CAP of the intensity range is tissue, not noise, and is ignored.
+NOISE_REACH = 4.0
+BACKGROUND_QUANTILE = 0.4
+NOISE_FLOOR_CAP = 0.3
+RAYLEIGH_MODE_ABOVE_P1 = 1.0 - np.sqrt(-2.0 * np.log(0.99))  # (mode - 1st pct) / sigma
 
 AXES = ("axial", "coronal", "sagittal")
 
@@ -196,10 +205,32 @@ def _inlier_bounds(values: np.ndarray, name: str, warnings: list[str]) -> tuple[
     return low, high
 
 
+def noise_floor(values: np.ndarray, p1: float, p99: float) -> float | None:
+    """The intensity that background noise stays below (see NOISE_REACH), or None when the
+    background is not noise: zero-filled (the mode is at the 1st percentile), or no
+    background at all (a tight crop: the lower voxels' mode is tissue, above the cap)."""
+    sample = values.ravel()[:: max(1, values.size // 1_000_000)]  # a million voxels suffice
+    top = float(np.quantile(sample, BACKGROUND_QUANTILE))
+    if not top > p1:
+        return None
+    counts, edges = np.histogram(sample, bins=128, range=(p1, top))
+    smooth = np.convolve(counts, np.ones(5) / 5.0, mode="same")
+    mode = float(edges[int(np.argmax(smooth))] + (edges[1] - edges[0]) / 2.0)
+    sigma = (mode - p1) / RAYLEIGH_MODE_ABOVE_P1
+    floor = p1 + NOISE_REACH * sigma
+    if sigma <= 0 or floor > p1 + NOISE_FLOOR_CAP * (p99 - p1):
+        return None
+    return floor
+
+
 def _kept_slices(values: np.ndarray, axis: int, options: ReadOptions, name: str) -> np.ndarray:
-    """Indices along `axis` of the foreground slices whose index is a multiple of stride."""
-    p1, p99 = np.percentile(values, [1, 99])
+    """Indices along `axis` of the foreground slices whose index is a multiple of stride.
+    Foreground lies above BACKGROUND_LEVEL of the intensity range and above the noise floor
+    of a noisy background: a slice of Rician background holds no anatomy to compare."""
+    p1, p99 = (float(v) for v in np.percentile(values, [1, 99]))
     threshold = float(p1 + BACKGROUND_LEVEL * (p99 - p1))
+    floor = noise_floor(values, p1, p99) if values.shape[axis] > 1 else None
+    threshold = max(threshold, floor) if floor is not None else threshold
     other = tuple(a for a in range(3) if a != axis)
     rows, cols = (values.shape[a] for a in other)
     share = np.count_nonzero(values > threshold, axis=other) / float(rows * cols)

@@ -194,6 +194,23 @@ def subject_warning(found: dict[tuple[str, str], Subject], images: set) -> str |
     )
 
 
+MIN_SUBJECTS_FOR_NULL = 10
+
+
+def few_subjects_warning(n_subjects: int) -> str | None:
+    """A warning when the calibration null rests on few people: it then knows little of how
+    much people differ, and a new person unlike all of them can score like a copy (the spine
+    phantom's held-out subjects were flagged with a bank of 4 and not with one of 12)."""
+    if n_subjects >= MIN_SUBJECTS_FOR_NULL:
+        return None
+    return (
+        f"The training set holds only {n_subjects} subjects: the calibration null learns "
+        "from them how much people differ, and a new person unlike all of them can be "
+        f"flagged as a copy. Use at least {MIN_SUBJECTS_FOR_NULL} subjects for an audit you "
+        "trust."
+    )
+
+
 def _content_digest(source: ScanSource) -> str | None:
     files = source.files or (source.path,)
     digest = hashlib.sha256()
