@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             "volume-fit",
             "speed",
             "images2d",
+            "diffusion2d",
             "verification",
             "gpu",
             "scale",
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "hard = the cohort of copies moved in 3D only; spine = the spine phantom (a second "
         "anatomy, sagittal); volume-fit = stage 3 alone on mirrored, zoomed and header-mangled "
         "copies; images2d = 2D image sets' build and "
-        "score rate against the encoder alone; verification = stage 2's cost per "
+        "score rate against the encoder alone; diffusion2d = copies made by a small DDPM that "
+        "memorised (trained once, about 17 min on the CPU, then cached) and hand-made 2D "
+        "copies, scored through the CLI; verification = stage 2's cost per "
         "slice against the previous verifier; gpu = the device run (bf16 throughput, GPU "
         "bank); scale = the engine on a compressed bank only; encoders = the detection "
         "protocol with the untrained ViT and with LiteMedSAM side by side, and LiteMedSAM's "
@@ -301,6 +304,13 @@ def main(argv=None) -> int:
         print("2D image sets: reading and batching against the encoder alone ...", flush=True)
         results["images2d"] = image_set_speed.run()
         sections.append(image_set_speed.markdown(results["images2d"]))
+    if args.only in ("all", "diffusion2d"):
+        from Testing.benchmarks.diffusion2d import benchmark as diffusion2d
+
+        print("2D copies from a memorising diffusion model (trained once, cached) ...", flush=True)
+        scorer = diffusion2d.cli_scorer(alpha=args.alpha, extra_build=("--encoder", "untrained"))
+        results["diffusion2d"] = diffusion2d.run(out / "diffusion2d", scorer, alpha=args.alpha)
+        sections.append(diffusion2d.markdown(results["diffusion2d"]))
     if args.only in ("all", "verification"):
         from Testing.benchmarks import verification_cost
 

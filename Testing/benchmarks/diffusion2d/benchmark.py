@@ -50,6 +50,7 @@ from Testing.benchmarks.diffusion2d.train_sample import (  # noqa: E402
     Settings,
     train_and_sample,
 )
+from Testing.benchmarks.protocol import AUGMENTATIONS, augment_slice  # noqa: E402
 
 UNSUPPORTED_HINTS = ("not a volume format", "no volumes", "unsupported", "cannot read")
 
@@ -160,6 +161,70 @@ def label_samples(images: np.ndarray, train: oracle.TrainingSet) -> list[dict]:
     return rows
 
 
+def write_augmented_copies(
+    train_files: list[Path], queries: Path, per_kind: int, seed: int
+) -> dict[str, dict]:
+    """The paper's augmentations (and ours beyond them) of training slices, made by scipy in
+    protocol.augment_slice, written as 8-bit PNGs: `aug-<kind>_<k>.png`. One training slice
+    per subject (as far as they go), a different draw per kind."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    by_subject: dict[int, list[Path]] = {}
+    for f in train_files:
+        by_subject.setdefault(subject_of(f.name), []).append(f)
+    subjects = sorted(by_subject)
+    truth = {}
+    for kind in AUGMENTATIONS:
+        order = rng.permutation(len(subjects))
+        for k in range(per_kind):
+            files = by_subject[subjects[order[k % len(subjects)]]]
+            source = files[int(rng.integers(len(files)))]
+            image = read_grey(source).astype(np.float32) / 255.0
+            copy = augment_slice(image, kind, rng)
+            name = f"aug-{kind}_{k:02d}.png"
+            Image.fromarray(np.round(copy * 255.0).astype(np.uint8)).save(queries / name)
+            truth[name] = {
+                "class": f"aug:{kind}",
+                "source_subject": subject_of(source.name),
+                "source": source.name,
+            }
+    return truth
+
+
+def evaluate_augmented(truth: dict[str, dict], scores: list[dict]) -> dict[str, dict]:
+    """Per augmentation: AUROC and TPR at 1 % FPR against the held-out real slices, the share
+    flagged and the share flagged with their true source subject."""
+    by_file = {r["file"]: r for r in scores}
+    files = [f for f in truth if f in by_file]
+    mi = np.array([by_file[f]["mi"] for f in files])
+    sim = np.array([by_file[f]["similarity"] for f in files])
+    ranked = metrics.ordering_score(mi, sim)
+    klass = np.array([truth[f]["class"] for f in files])
+    flagged = np.array([by_file[f]["flagged"] for f in files])
+    true_source = np.array(
+        [_matched_subject(by_file[f]) == truth[f]["source_subject"] for f in files]
+    )
+    neg = klass == "novel-real"
+    out = {}
+    for kind in AUGMENTATIONS:
+        pos = klass == f"aug:{kind}"
+        if not pos.any() or not neg.any():
+            continue
+        out[kind] = {
+            "n": int(pos.sum()),
+            "auroc": metrics.auroc(ranked[neg], ranked[pos]),
+            "tpr_at_1pct_fpr": metrics.tpr_at_fpr(ranked[neg], ranked[pos], 0.01),
+            "flagged": float(flagged[pos].mean()),
+            "flagged_true_source": float((flagged & true_source)[pos].mean()),
+        }
+    return out
+
+
+def _matched_subject(row: dict) -> int | None:
+    return subject_of(Path(row["match_volume"]).name)
+
+
 def evaluate(truth: dict[str, dict], scores: list[dict], alpha: float) -> dict:
     """Metrics per image from the oracle's truth and the engine's rows (joined by file name).
 
@@ -189,10 +254,7 @@ def evaluate(truth: dict[str, dict], scores: list[dict], alpha: float) -> dict:
                     ranked[part], ranked[pos], 0.01
                 )
     true_source = np.array(
-        [
-            subject_of(Path(by_file[f]["match_volume"]).name) == truth[f].get("source_subject")
-            for f in files
-        ]
+        [_matched_subject(by_file[f]) == truth[f].get("source_subject") for f in files]
     )
     if pos.any():
         out["copies_flagged"] = float(flagged[pos].mean())
@@ -214,6 +276,7 @@ def run(
     alpha: float = 0.01,
     seed: int = 0,
     log=print,
+    augmented_per_kind: int = 12,
 ) -> dict:
     """The whole benchmark; returns a JSON-able dict (also written to out_dir/results.json).
 
@@ -286,6 +349,8 @@ def run(
     for f in held_files:
         shutil.copyfile(f, queries / f.name)
         truth[f.name] = {"class": "novel-real", "source_subject": None}
+    augmented = write_augmented_copies(cohort.train_files(), queries, augmented_per_kind, seed + 1)
+    result["augmented_per_kind"] = augmented_per_kind
     score_fn = score_fn or cli_scorer(image_size=settings.image_size, alpha=alpha)
     work = out / "engine"
     work.mkdir(exist_ok=True)
@@ -299,6 +364,10 @@ def run(
         result["scoring"] = "ok"
         result["engine_seconds"] = time.perf_counter() - t1
         result["metrics"] = evaluate(truth, scores, alpha)
+        result["augmented"] = evaluate_augmented(
+            {**augmented, **{f: t for f, t in truth.items() if t["class"] == "novel-real"}},
+            scores,
+        )
     result["seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -400,6 +469,26 @@ def markdown(result: dict) -> str:
         f"{_num(m.get('tpr_at_1pct_fpr_vs_novel-sample'))} / "
         f"{_num(m.get('tpr_at_1pct_fpr_vs_novel-real'))} (novel samples / held-out real).",
     ]
+    aug = result.get("augmented") or {}
+    if aug:
+        n_real = m["counts"].get("novel-real", 0)
+        lines += [
+            "",
+            f"Hand-made copies of the same training slices ({result.get('augmented_per_kind')} "
+            f"per kind, made by scipy in protocol.augment_slice, 8-bit PNG) against the "
+            f"{n_real} held-out real slices (one false positive is "
+            f"{1 / max(n_real, 1):.1%} FPR):",
+            "",
+            "| copy kind | n | AUROC | TPR at 1 % FPR | flagged | ... with their true source "
+            "subject |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind, r in aug.items():
+            lines.append(
+                f"| {kind} ({AUGMENTATIONS[kind]}) | {r['n']} | {r['auroc']:.3f} | "
+                f"{r['tpr_at_1pct_fpr']:.3f} | {r['flagged']:.1%} | "
+                f"{r['flagged_true_source']:.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -423,8 +512,16 @@ def main(argv=None) -> int:
     p.add_argument(
         "--reuse-bank", action="store_true", help="keep the bank of an earlier run (same engine)"
     )
+    p.add_argument(
+        "--encoder",
+        default="untrained",
+        choices=("untrained", "litemedsam", "mri-core"),
+        help="the engine's encoder (build-bank --encoder; mri-core needs a checkpoint)",
+    )
     args = p.parse_args(argv)
-    scorer = cli_scorer(alpha=args.alpha, reuse_bank=args.reuse_bank)
+    scorer = cli_scorer(
+        alpha=args.alpha, reuse_bank=args.reuse_bank, extra_build=("--encoder", args.encoder)
+    )
     result = run(args.out, scorer, cache=args.cache, alpha=args.alpha)
     text = markdown(result)
     (Path(args.out) / "results.md").write_text(text)

@@ -149,14 +149,22 @@ def test_run_end_to_end_with_a_stand_in_scorer(tiny, cache):
             )  # fmt: skip
         return out
 
-    result = benchmark.run(root, stand_in, TINY, cache=cache, log=lambda *_: None)
+    result = benchmark.run(
+        root, stand_in, TINY, cache=cache, log=lambda *_: None, augmented_per_kind=2
+    )
     assert result["scoring"] == "ok"
     assert result["oracle"]["heldout_real"]["in_copy_band"] == 0.0
     m = result["metrics"]
     assert m["n_scored"] == 6 + 15 and m["counts"]["novel-real"] == 15
     assert (root / "results.json").is_file() and (root / "oracle.json").is_file()
-    assert len(list((root / "queries").glob("*.png"))) == 21
-    assert "Copies from a real memorising model" in benchmark.markdown(result)
+    n_aug = 2 * len(benchmark.AUGMENTATIONS)
+    assert len(list((root / "queries").glob("*.png"))) == 21 + n_aug
+    aug = result["augmented"]
+    assert set(aug) == set(benchmark.AUGMENTATIONS) and aug["none"]["n"] == 2
+    # exact copies: the stand-in finds them at correlation 1 with their own source
+    assert aug["none"]["flagged_true_source"] == 1.0 and aug["none"]["auroc"] == 1.0
+    text = benchmark.markdown(result)
+    assert "Copies from a real memorising model" in text and "| none (exact copy) | 2 |" in text
 
     def unsupported(train_dir, queries, work):
         raise benchmark.ScoringUnsupported("score: not a volume format")
@@ -165,3 +173,21 @@ def test_run_end_to_end_with_a_stand_in_scorer(tiny, cache):
     assert result["scoring"].startswith("unsupported") and "metrics" not in result
     assert result["samples_reused"]
     assert "unsupported" in benchmark.markdown(result)
+
+
+def test_augmented_copies_are_their_source_moved(tiny, tmp_path):
+    _, cohort = tiny
+    files = cohort.train_files()
+    truth = benchmark.write_augmented_copies(files, tmp_path, per_kind=3, seed=5)
+    assert len(truth) == 3 * len(benchmark.AUGMENTATIONS)
+    for name, t in truth.items():
+        image = read_grey(tmp_path / name)
+        source = read_grey(next(f for f in files if f.name == t["source"]))
+        assert t["source_subject"] == subject_of(t["source"]) and image.shape == source.shape
+        if t["class"] == "aug:none":
+            assert np.array_equal(image, source)
+        if t["class"] == "aug:hflip":
+            assert np.array_equal(image, source[:, ::-1])
+    # three copies of one kind come from three subjects where the cohort has them
+    subjects = {t["source_subject"] for t in truth.values() if t["class"] == "aug:shift"}
+    assert len(subjects) == 3
