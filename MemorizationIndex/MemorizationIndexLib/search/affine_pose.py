@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.optimize import linear_sum_assignment
 
 from .volume_pose import RigidPose, homogeneous_matrix, nearest_rotation, rotation_matrix
 
@@ -34,6 +33,9 @@ def nearest_signed_permutation(matrix) -> np.ndarray:
     """The signed permutation G (entries 0 and +-1) closest to `matrix` (the axis each row
     draws most of its weight from, each axis once)."""
     m = np.asarray(matrix, np.float64)
+    # scipy here, not at the top: Slicer's process reads poses and must not load scipy
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(-np.abs(m))
     g = np.zeros((3, 3))
     g[rows, cols] = np.where(m[rows, cols] < 0, -1.0, 1.0)
