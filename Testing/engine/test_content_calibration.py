@@ -10,6 +10,7 @@ import pytest
 from MemorizationIndexLib.calibration.content import (
     EDGE_SHARE,
     MIN_BIN_SLICES,
+    MIN_BIN_SUBJECTS,
     POOLED,
     ContentNull,
     SliceContent,
@@ -80,6 +81,25 @@ def test_bins_follow_position_and_foreground_and_fall_back_when_thin():
     # nothing known and nothing fitted: the pooled null
     empty = ContentNull(low_foreground=0.2)
     assert empty.bins(probe).tolist() == [POOLED] * 5
+
+
+def test_a_bin_needs_slices_of_enough_subjects():
+    """Neighbouring slices of one person are near-duplicates: 8 subjects' 400 edge slices
+    are a thin null however many slices they make, and judge nothing on their own."""
+    rng = np.random.default_rng(3)
+    content, edge = volumes_of(40, 100, rng)
+    stat = scores_of(edge, rng)
+    subjects = np.repeat(np.arange(40), 100)
+    assert "edge/*" in ContentNull.fit(stat, content, subjects).models
+    few = np.repeat(np.arange(40) % (MIN_BIN_SUBJECTS - 1), 100)  # 9 subjects, 4000 slices
+    thin = ContentNull.fit(stat, content, few)
+    assert sum(thin.counts.values()) == len(stat) and not thin.models
+    probe = SliceContent(np.array([0.5, 0.5]), np.array([0.0, 0.5]))
+    assert thin.bins(probe).tolist() == [POOLED, POOLED]
+    # exactly enough subjects: the bins are back
+    enough = np.repeat(np.arange(40) % MIN_BIN_SUBJECTS, 100)
+    assert "edge/*" in ContentNull.fit(stat, content, enough).models
+    assert thin.summary()["min_subjects_for_own_null"] == MIN_BIN_SUBJECTS
 
 
 def test_position_is_the_rank_among_a_volumes_kept_slices():

@@ -251,15 +251,16 @@ class FittedNulls:
     planar_content_null: ContentNull | None
 
 
-def fitted_nulls(found: NullSearch, content: SliceContent) -> FittedNulls:
-    """The nulls of the held-out slices `found`; content: of those slices (found.rows)."""
+def fitted_nulls(found: NullSearch, content: SliceContent, subjects: np.ndarray) -> FittedNulls:
+    """The nulls of the held-out slices `found`; content and subjects: of those slices
+    (found.rows)."""
     combination = Combination.fit(found.s1, found.s2, found.s3, gate=found.gate)
     statistic = combination.statistic_of(found.s1, found.s2, found.s3)
     fitted = FittedNulls(
         combination,
         NullModel.fit(statistic),
         None,
-        ContentNull.fit(statistic, content),
+        ContentNull.fit(statistic, content, subjects),
         None,
     )
     if found.s3 is None:
@@ -267,7 +268,7 @@ def fitted_nulls(found: NullSearch, content: SliceContent) -> FittedNulls:
     planar = Combination.fit(found.s1, found.s2, None, gate=found.gate)
     flat = planar.statistic_of(found.s1, found.s2)
     fitted.planar_null = NullModel.fit(flat)
-    fitted.planar_content_null = ContentNull.fit(flat, content)
+    fitted.planar_content_null = ContentNull.fit(flat, content, subjects)
     return fitted
 
 
@@ -323,7 +324,8 @@ def bank_from_features(
     if pairs:  # calibrate again with each such pair held out together
         groups = merge_groups(groups, pairs)
         found = cross_fitted_null(train, settings, job, groups)
-    nulls = fitted_nulls(found, SliceContent.of_features(train).take(found.rows))
+    content = SliceContent.of_features(train).take(found.rows)
+    nulls = fitted_nulls(found, content, groups[train.volume_ids[found.rows]])
     thumbnails = train.thumbnails if settings.store_images else no_images(len(train))
     index = settings.slice_index().fit(train.features, train.volume_ids, thumbnails)
     manifest = build_manifest(train, info, groups, pairs, {**notes, **(extra_manifest or {})})

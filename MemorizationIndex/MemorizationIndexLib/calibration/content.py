@@ -9,9 +9,11 @@ slices (edge or middle; unknown for a 2D image) and its foreground share (low or
 and it is judged against the null slices of its own bin. Within a bin the held-out
 training slices and an unseen query slice are exchangeable, so the flag rate holds per bin.
 
-A bin with too few null slices falls back to a coarser one: (position, foreground), then
-position alone, then foreground alone, then the pooled null; which null judged each slice
-is reported with it.
+A bin with too few null slices, or slices of too few subjects (a person's neighbouring
+slices are near-duplicates, so a bin's null is only as broad as its subjects: on a bank of
+8 subjects a bin's fitted tail put novel mid-brain slices at p 0.0003), falls back to a
+coarser one: (position, foreground), then position alone, then foreground alone, then the
+pooled null; which null judged each slice is reported with it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EDGE_SHARE = 0.1  # the outer tenth of a volume's kept slices, at each end, is i
 MIN_SLICES_FOR_POSITION = 5  # a volume with fewer kept slices has no meaningful edge
 LOW_FOREGROUND_QUANTILE = 0.25  # the null's lower quarter of foreground share is "low"
 MIN_BIN_SLICES = 50  # null slices a bin needs for a model of its own
+MIN_BIN_SUBJECTS = 10  # and the subjects they come from (as the few-subjects warning)
 
 EDGE, MIDDLE, UNKNOWN = "edge", "middle", "*"
 LOW, HIGH = "low", "high"
@@ -94,8 +97,12 @@ class ContentNull:
     counts: dict[str, int] = field(default_factory=dict)  # null slices per finest bin
 
     @classmethod
-    def fit(cls, statistic: np.ndarray, content: SliceContent) -> ContentNull:
+    def fit(
+        cls, statistic: np.ndarray, content: SliceContent, subjects: np.ndarray | None = None
+    ) -> ContentNull:
+        """subjects [n]: the subject of each null slice (None: every slice its own)."""
         statistic = np.asarray(statistic, np.float64)
+        subjects = np.arange(len(statistic)) if subjects is None else np.asarray(subjects)
         low = float(np.quantile(content.foreground, LOW_FOREGROUND_QUANTILE))
         out = cls(low_foreground=low)
         pos, fg = out.classes(content)
@@ -109,7 +116,9 @@ class ContentNull:
                 continue  # the pooled null is the bank's own
             # '*' means "any": a position class of its own only where it is known
             sel = (pos == p if p != UNKNOWN else True) & (fg == f if f != UNKNOWN else True)
-            if np.sum(sel) >= MIN_BIN_SLICES:
+            sel = np.broadcast_to(sel, statistic.shape)
+            enough = np.sum(sel) >= MIN_BIN_SLICES
+            if enough and len(np.unique(subjects[sel])) >= MIN_BIN_SUBJECTS:
                 out.models[f"{p}/{f}"] = NullModel.fit(statistic[sel])
         return out
 
@@ -156,6 +165,7 @@ class ContentNull:
             "null_slices_per_bin": self.counts,
             "own_null": sorted(self.models),
             "min_slices_for_own_null": MIN_BIN_SLICES,
+            "min_subjects_for_own_null": MIN_BIN_SUBJECTS,
         }
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
