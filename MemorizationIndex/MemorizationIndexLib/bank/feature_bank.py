@@ -20,7 +20,6 @@ from ..atomic import atomic_directory
 from ..calibration.combination import Combination
 from ..calibration.content import POOLED, ContentNull, SliceContent
 from ..calibration.null import NullModel
-from ..encoding.choice import choice_of_bank
 from ..encoding.encoder import Encoder
 from ..encoding.features import FeatureSet
 from ..errors import BankError, SettingsError
@@ -46,6 +45,7 @@ from .files import (
     volume_paths,
 )
 from .settings import BankSettings
+from .summary import choice_of_bank
 
 CONTENT_NULL_FILE = "null_by_content.npz"
 

