@@ -26,9 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from MemorizationIndexLib.search.affine_pose import AffinePose  # noqa: E402
 from MemorizationIndexLib.search.volume_pose import RigidPose  # noqa: E402
 
-from Testing.benchmarks.hard_cohort import load_truth, make_hard_cohort  # noqa: E402
+from Testing.benchmarks.hard_cohort import (  # noqa: E402
+    MANGLED_COPIES,
+    load_truth,
+    make_hard_cohort,
+)
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -159,6 +164,26 @@ def pose_error(volume: dict, copy: dict) -> tuple[float, float]:
     )
 
 
+def affine_error(volume: dict, copy: dict) -> dict:
+    """Of a mangled copy (truth.json `affine`): whether the volume stage found the true axes,
+    and its errors of scale (%, worst axis), rotation (degrees, worst axis) and shift (mm, at
+    the truth's centre); empty when the report has no pose."""
+    try:
+        found = AffinePose.from_summary(volume)
+    except (KeyError, ValueError):
+        return {}
+    t = copy["affine"]
+    truth = AffinePose(np.array(t["linear"]), np.array(t["shift_mm"]), np.array(t["centre_mm"]))
+    at = truth.centre_mm
+    return {
+        "axes": found.mirror,
+        "true_axes": truth.mirror,
+        "scale_error_pct": float(100 * np.max(np.abs(found.scale / truth.scale - 1))),
+        "angle_error_deg": float(np.max(np.abs(found.angles_deg - truth.angles_deg))),
+        "shift_error_mm": float(np.linalg.norm(found.apply(at) - truth.apply(at))),
+    }
+
+
 def is_true(value) -> bool:
     return value in ("True", "true", "1")
 
@@ -205,7 +230,12 @@ def evaluate(report: Path, truth, bank_stride: int) -> dict:
         if vol.get("volume_match"):
             row["registered_source"] = Path(vol["volume_match"]).name == source
             row["aligned_similarity"] = float(vol["aligned_similarity"])
-            row["pose_error_deg"], row["pose_error_mm"] = pose_error(vol, c)
+            if "affine" in c:
+                row |= affine_error(vol, c)
+                row["pose_error_deg"] = row.get("angle_error_deg", float("nan"))
+                row["pose_error_mm"] = row.get("shift_error_mm", float("nan"))
+            else:
+                row["pose_error_deg"], row["pose_error_mm"] = pose_error(vol, c)
         if bank_stride > 1:
             off = mine & (index % bank_stride != 0)
             row["auroc_off_grid_slices"] = auroc(scores[off], negative)
@@ -354,8 +384,29 @@ def markdown(results: dict, title: str = HARD_TITLE) -> str:
                 else "."
             ),
         ]
+        lines += mangled_table(run["rows"])
         lines += bin_table(run.get("novel_flag_rates_by_bin") or {}, results.get("alpha", 0.01))
     return "\n".join(lines) + "\n"
+
+
+def mangled_table(rows: list[dict]) -> list[str]:
+    """The volume stage on the mirrored, zoomed and header-mangled copies: axes found
+    against the truth, aligned NCC and the errors of scale, rotation and shift."""
+    mangled = [r for r in rows if "true_axes" in r]
+    if not mangled:
+        return []
+    lines = ["", "Volume stage on the mirrored, zoomed and header-mangled copies:", ""]
+    lines += [
+        "| scenario | aligned NCC | axes (truth) | scale err % | angle err ° | shift err mm |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in mangled:
+        lines.append(
+            f"| {r['scenario']} | {_cell(r.get('aligned_similarity'))} | {r['axes']} "
+            f"({r['true_axes']}) | {_cell(r['scale_error_pct'], 2)} | "
+            f"{_cell(r['angle_error_deg'], 2)} | {_cell(r['shift_error_mm'], 2)} |"
+        )
+    return lines
 
 
 def bin_table(by_bin: dict, alpha: float) -> list[str]:
@@ -386,6 +437,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--jobs", type=int, default=1, help="score this many shards at once")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--encoder", default="untrained", help="the bank's encoder (build-bank --encoder)"
+    )
+    p.add_argument(
+        "--no-mangled",
+        action="store_true",
+        help="leave out the mirrored, zoomed and header-mangled copies (issue 21)",
+    )
     p.add_argument("--cohort", help="an existing cohort folder (default: OUT/cohort, made once)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -400,6 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
             n_novel=args.n_novel,
             spacing_mm=args.spacing,
             seed=args.seed,
+            mangled=() if args.no_mangled else MANGLED_COPIES,
         )
     truth = load_truth(cohort_dir)
     results = {
@@ -409,8 +469,9 @@ def main(argv: list[str] | None = None) -> dict:
         "configuration": (
             f"Cohort: {len(truth.train)} training subjects (T1 and T2-like, MNI152 under smooth "
             f"deformations, bias fields, Rician noise over the whole field of view), "
-            f"{len(truth.novel)} novel subjects, {len(truth.copies)} copies moved in 3D, at "
-            f"{truth.spacing_mm} mm; untrained encoder at {args.image_size} px; engine run "
+            f"{len(truth.novel)} novel subjects, {len(truth.copies)} copies (moved in 3D, "
+            f"or mirrored, zoomed or header-mangled), at {truth.spacing_mm} mm; {args.encoder} "
+            f"encoder at {args.image_size} px; engine run "
             "through its CLI (`build-bank`, `score`)."
         ),
     }
@@ -425,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
             t_build = cli(
                 "build-bank", str(cohort_dir / "train"), "--out", str(bank),
                 "--image-size", str(args.image_size), "--stride", str(stride),
-                "--seed", str(args.seed), "--quiet", log=log,
+                "--seed", str(args.seed), "--encoder", args.encoder, "--quiet", log=log,
             )  # fmt: skip
         t_score = score_sharded(bank, cohort_dir / "synthetic", report, args, log)
         run = evaluate(report, truth, stride)

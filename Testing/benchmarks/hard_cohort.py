@@ -60,6 +60,42 @@ DEFAULT_COPIES: tuple[tuple[str, tuple[float, float, float], tuple[float, float,
     ("combo-LR-10-AP+6-shift5mm", (-10.0, 6.0, 0.0), (-3.0, 0.0, 4.0)),
 )
 
+# Copies a rigid registration cannot explain (issue 21): mirrored about each axis, zoomed
+# (isotropic and in-plane only), written under an identity header at a spacing that is not
+# the true one (a model trained at 1.1 x the declared spacing), and with two array axes
+# swapped. Made by Testing/engine/moved_copies.py (numpy flips and transposes, scipy zooms,
+# SimpleITK headers by hand); truth.json keeps each one's true pose as an affine map.
+MANGLED_COPIES = (
+    "mirror-LR",
+    "mirror-AP",
+    "mirror-SI",
+    "zoom-0.9",
+    "zoom-1.1",
+    "zoom-0.9-in-plane",
+    "zoom-1.1-in-plane",
+    "identity-header-true-1.1x",
+    "axes-PS-swapped",
+)
+
+
+def mangle(image: sitk.Image, name: str):
+    """(copy, true AffinePose training -> copy) of one MANGLED_COPIES kind."""
+    from Testing.engine import moved_copies as mc
+
+    mirrors = {"mirror-LR": 0, "mirror-AP": 1, "mirror-SI": 2}
+    if name in mirrors:
+        return mc.mirrored(image, mirrors[name])
+    if name.startswith("zoom-"):
+        factor = float(name.split("-")[1])
+        in_plane = name.endswith("in-plane")
+        return mc.zoomed(image, (factor, factor, 1.0 if in_plane else factor))
+    if name == "identity-header-true-1.1x":
+        return mc.identity_header(image, image.GetSpacing()[0] / 1.1)
+    if name == "axes-PS-swapped":
+        return mc.swapped(image, (1, 2))
+    raise ValueError(f"unknown mangled copy kind {name!r}; known: {', '.join(MANGLED_COPIES)}")
+
+
 STRIDE_SCENARIO = {
     "name": "bank-stride-2-scored-stride-1",
     "bank_stride": 2,
@@ -193,12 +229,14 @@ def make_hard_cohort(
     spacing_mm: float = 2.5,
     seed: int = 0,
     copy_noise: float = 0.02,
+    mangled=(),
 ) -> HardCohort:
     """Write train/ and synthetic/ NIfTI volumes and truth.json; returns the truth.
 
     Contrasts alternate T1, T2 over subjects; copies keep their source's contrast and get
     fresh Rician noise of `copy_noise` x the source's 99th percentile over the whole FOV
-    (the field of view a rotation brings in from outside is noise, not zeros).
+    (the field of view a rotation brings in from outside is noise, not zeros). `mangled`:
+    MANGLED_COPIES kinds to add, each of its own training subject in turn.
     """
     out = Path(out_dir)
     (out / "train").mkdir(parents=True, exist_ok=True)
@@ -241,6 +279,28 @@ def make_hard_cohort(
             "matrix": rigid_matrix(angles).tolist(),
         }
         synthetic.append((_image_like(arr, template_image), info, "copy"))
+    for j, name in enumerate(mangled):
+        src = (j + seed) % n_train
+        copy, pose = mangle(train_images[src], name)
+        peak = float(np.percentile(sitk.GetArrayViewFromImage(train_images[src]), 99))
+        noise_rng = np.random.default_rng(seed * 1000 + 950 + j)
+        noisy = sitk.GetImageFromArray(
+            rician(sitk.GetArrayFromImage(copy), copy_noise * peak, noise_rng).astype(np.float32)
+        )
+        noisy.CopyInformation(copy)
+        info = {
+            "scenario": name,
+            "source": cohort.train[src]["file"],
+            "contrast": cohort.train[src]["contrast"],
+            "affine": {
+                "linear": pose.linear.tolist(),
+                "shift_mm": pose.shift_mm.tolist(),
+                "centre_mm": pose.centre_mm.tolist(),
+                "axes": pose.mirror,
+                "scale": [float(v) for v in pose.scale],
+            },
+        }
+        synthetic.append((noisy, info, "copy"))
     order = rng.permutation(len(synthetic))
     for k, idx in enumerate(order):
         image, info, role = synthetic[idx]

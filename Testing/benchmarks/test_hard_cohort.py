@@ -122,3 +122,49 @@ def test_baseline_metrics_on_known_inputs(tmp_path, cohort):
     assert row["auroc_off_grid_slices"] == 1.0
     assert run["novel_slice_flag_rate"] == 0.0 and run["novel_volumes_flagged"] == []
     json.dumps(run)
+
+
+@pytest.fixture(scope="module")
+def mangled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mangled")
+    return hard_cohort.make_hard_cohort(
+        root, n_train=2, n_novel=1, copies=(), spacing_mm=4.0,
+        mangled=hard_cohort.MANGLED_COPIES,
+    )  # fmt: skip
+
+
+def _physical_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """LPS points [n, 3] -> continuous [z, y, x] indices of an identity-direction image."""
+    xyz = (points - np.asarray(image.GetOrigin())) / np.asarray(image.GetSpacing())
+    return xyz[:, ::-1]
+
+
+@pytest.mark.parametrize("kind", hard_cohort.MANGLED_COPIES)
+def test_mangled_copy_truth_maps_source_anatomy_onto_the_copy(mangled, kind):
+    """truth.json's affine, read by hand (p' = linear (p - c) + c + t), carries the source's
+    bright voxels onto the copy's; a rigid reading (identity) and the inverse one do not."""
+    entry = next(c for c in mangled.copies if c["scenario"] == kind)
+    source, copy = sitk.ReadImage(entry["source"]), sitk.ReadImage(entry["file"])
+    src = sitk.GetArrayFromImage(source).astype(np.float64)
+    dst = sitk.GetArrayFromImage(copy).astype(np.float64)
+    a = entry["affine"]
+    linear, centre = np.array(a["linear"]), np.array(a["centre_mm"])
+    shift = np.array(a["shift_mm"])
+    zyx = np.argwhere(src > np.percentile(src, 60))[::7]
+    points = np.asarray(source.GetOrigin()) + zyx[:, ::-1] * np.asarray(source.GetSpacing())
+
+    def ncc_under(m):
+        moved = (points - centre) @ m.T + centre + shift
+        values = ndimage.map_coordinates(dst, _physical_to_index(copy, moved).T, order=1)
+        x = src[tuple(zyx.T)] - src[tuple(zyx.T)].mean()
+        y = values - values.mean()
+        return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+    assert ncc_under(linear) > 0.9, kind
+    for wrong in (np.eye(3), np.linalg.inv(linear)):
+        if not np.allclose(wrong, linear):
+            assert ncc_under(wrong) < ncc_under(linear) - 0.05, kind
+    assert a["axes"] == ("LPS" if "zoom" in kind or "header" in kind else a["axes"])
+    if kind == "identity-header-true-1.1x":
+        assert copy.GetOrigin() == (0.0, 0.0, 0.0)
+        assert copy.GetSpacing()[0] == pytest.approx(4.0 / 1.1, rel=1e-6)
