@@ -15,6 +15,12 @@ from typing import TextIO
 STEPS = 10  # lines per stage between its start and end: one per tenth of the work
 
 
+def _count(done: float) -> str:
+    """Whole counts as such; a stage that counts parts of volumes with one decimal
+    ("3.7/9 vol", not "3.66667/9 vol")."""
+    return f"{done:.0f}" if float(done).is_integer() else f"{done:.1f}"
+
+
 class LineProgress:
     """A ProgressCallback (job.py) that writes plain lines to a stream."""
 
@@ -29,7 +35,7 @@ class LineProgress:
 
     def _write(self, done: float, total: int) -> None:
         seconds = time.monotonic() - self.started
-        amount = f"{done:g}/{total}" if total else f"{done:g}"
+        amount = f"{_count(done)}/{total}" if total else _count(done)
         share = f" ({100 * done / total:.0f} %)" if total else ""
         self.stream.write(
             f"{self.stage}: {amount} {self.unit_of(self.stage)}{share}, {seconds:.0f} s\n"

@@ -351,6 +351,14 @@ def test_line_progress_bounds_its_lines():
     lines = stream.getvalue().splitlines()
     assert len([x for x in lines if x.startswith("Verifying")]) == 11  # 0 %, 10 %, ... 100 %
     assert lines[-1].startswith("Writing: 0 vol")
+    assert [x.split(",")[0] for x in lines if x.startswith("Verifying")][:2] == [
+        "Verifying: 0/1000 vol (0 %)",
+        "Verifying: 100/1000 vol (10 %)",
+    ]
+    parts = io.StringIO()
+    thirds = LineProgress(parts)
+    thirds("Scoring", 11 / 3, 9)
+    assert parts.getvalue().startswith("Scoring: 3.7/9 vol (41 %)")
     assert "\r" not in stream.getvalue()
 
 
