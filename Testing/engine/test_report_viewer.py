@@ -28,6 +28,8 @@ from MemorizationIndexLib.progress_lines import LineProgress
 from MemorizationIndexLib.report.viewer import slice_numbers
 from PIL import Image
 
+from .test_image_sets import png_bank, slice_cohort, to_png  # noqa: F401 (its fixtures)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags this sandbox needs: no network beyond loopback, running as root (DESIGN: tests).
 CHROMIUM_ARGS = [
@@ -424,3 +426,57 @@ def test_flagged_2d_images_are_grouped_by_the_training_subject_they_copy():
     assert all(s.volume is None for s in found)
     assert {result.slices[i].volume for i in found[0].rows} == {"s/x2.png", "s/x3.png", "s/x6.png"}
     assert result.slices[found[1].rows[found[1].start]].volume == "s/x5.png"  # its best first
+
+
+# ---- a set of 2D images, clicked through ---------------------------------------------------
+
+
+def test_the_viewer_steps_through_a_2d_sets_copies_in_headless_chromium(browser, tmp_path, request):
+    """A folder of PNGs from a 2D model: three copies of one training subject's slices
+    (flipped, with noise, made by numpy) and two novel images. The report's viewer for that
+    subject opens from the subjects table and steps through exactly its copies, each next to
+    the training slice it copies."""
+    bank = request.getfixturevalue("png_bank")  # test_image_sets' fixtures
+    cohort = request.getfixturevalue("slice_cohort")
+    slices, novel = cohort["slices"], cohort["novel"]
+    rng = np.random.default_rng(5)
+    synthetic = tmp_path / "synthetic"
+    synthetic.mkdir()
+    copied = sorted(z for k, z in slices if k == 2)[:3]
+    for n, z in enumerate(copied):
+        pixels = slices[(2, z)][:, ::-1].astype(np.float32) + rng.normal(0, 3, slices[(2, z)].shape)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(synthetic / f"s{n}.png")
+    for n, volume in enumerate(novel):
+        Image.fromarray(to_png(volume[volume.shape[0] // 2])).save(synthetic / f"novel{n}.png")
+    report = tmp_path / "report"
+    argv = ["score", str(bank), str(synthetic), "--out", str(report), "--device", "cpu"]
+    assert main([*argv, "--quiet"]) == 0
+    blocks = viewer_blocks((report / "report.html").read_text(encoding="utf-8"))
+    rows = read_csv(report / "slices.csv")
+    groups = [k for k, b in blocks.items() if "training subject" in b["title"]]
+    assert len(groups) == 1, [b["title"] for b in blocks.values()]
+    data = blocks[groups[0]]
+    shown = sorted(Path(rows[s["row"]]["volume"]).name for s in data["slices"])
+    assert shown == ["s0.png", "s1.png", "s2.png"]
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((report / "report.html").as_uri())
+    page.locator(f'button[data-suspect="{groups[0]}"]').first.click()
+    opened = state(page)
+    assert not opened["hidden"] and opened["title"] == data["title"]
+    page.keyboard.press("Home")
+    seen = []
+    for step in range(len(data["slices"])):
+        s = state(page)
+        assert s["at"] == step and s["widths"] == [256, 256, 256]
+        row = rows[s["row"]]
+        source = f"subject02_z{copied[int(Path(row['volume']).stem[1:])]:03d}.png"
+        assert row["match_volume"].endswith(source) and row["flagged"] == "1"
+        assert s["numbers"] == data["slices"][step]["text"]
+        assert source in s["numbers"]
+        seen.append(Path(row["volume"]).name)
+        page.keyboard.press("ArrowRight")
+    assert sorted(seen) == shown
+    assert not errors
+    page.close()
