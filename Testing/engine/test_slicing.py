@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from MemorizationIndexLib.errors import InputError, SettingsError
-from MemorizationIndexLib.scans.slicing import ReadOptions, scan_from_image
+from MemorizationIndexLib.scans.slicing import NOISE_REACH, ReadOptions, scan_from_image
 
 
 def image(values, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
@@ -387,3 +387,32 @@ def test_a_zero_background_or_no_background_keeps_the_percentile_rule():
     rng = np.random.default_rng(3)
     crop = (0.3 + 0.7 * rng.random((12, 32, 32))).astype(np.float32)
     assert read(crop).slice_indices.tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("zoom", [0.8, 0.9])
+def test_a_zoomed_out_copys_quieter_border_does_not_let_its_background_through(zoom):
+    """A copy shrunk by scipy with zero fill: its border carries only the generator's noise,
+    a third of the scan's own, and the histogram's mode is that quieter noise, under whose
+    floor the scan's background passed. The floor clears the loudest noise present."""
+    from MemorizationIndexLib.scans.slicing import noise_floor
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    z, y, x = np.mgrid[:60, :64, :64]
+    inside = ((z - 30) / 22.0) ** 2 + ((y - 32) / 27.0) ** 2 + ((x - 32) / 24.0) ** 2 < 1
+    signal = np.where(inside, 0.6 + 0.4 * rng.random(inside.shape), 0.0)
+    scan = np.abs(signal + 0.06 * (rng.normal(size=z.shape) + 1j * rng.normal(size=z.shape)))
+    centre = (np.array(scan.shape) - 1) / 2.0
+    matrix = np.eye(3) / zoom  # the content shrunk about the centre, zero outside
+    offset = centre - matrix @ centre
+    shrunk = ndimage.affine_transform(scan, matrix, offset=offset, order=1)
+    quiet = 0.02 * (rng.normal(size=z.shape) + 1j * rng.normal(size=z.shape))
+    copy = np.abs(shrunk + quiet).astype(np.float32)
+    tissue = ndimage.affine_transform(inside.astype(float), matrix, offset=offset, order=0)
+    anatomy = np.flatnonzero(tissue.mean(axis=(1, 2)) >= 0.05)
+    # the quieter noise's floor alone lets planes of the scan's background through
+    p1, p99 = np.percentile(copy, [1, 99])
+    quiet_floor = p1 + NOISE_REACH * 0.02
+    assert ((copy > quiet_floor).mean(axis=(1, 2)) >= 0.05).sum() > len(anatomy) + 4
+    assert noise_floor(copy, p1, p99) > p1 + 3.5 * 0.06
+    assert read(copy).slice_indices.tolist() == anatomy.tolist()

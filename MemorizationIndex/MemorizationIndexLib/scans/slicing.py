@@ -32,6 +32,20 @@ NOISE_REACH = 4.0
 BACKGROUND_QUANTILE = 0.4
 NOISE_FLOOR_CAP = 0.3
 RAYLEIGH_MODE_ABOVE_P1 = 1.0 - np.sqrt(-2.0 * np.log(0.99))  # (mode - 1st pct) / sigma
+# A volume can carry two noise levels: a zoomed-out copy's zero-filled border holds only the
+# generator's noise, quieter than the scan's own background, and the mode above is then the
+# quieter one. So the floor also clears the loudest noise: the upper LOUD_QUANTILE of the
+# sigmas of NOISE_TILE^3 tiles that look like pure Rayleigh noise (their coefficient of
+# variation above the 1st percentile lies near a Rayleigh's, and their mean is low enough for
+# noise whose floor stays under NOISE_FLOOR_CAP; tissue varies far less, edges of anatomy
+# far more or lie far brighter).
+NOISE_TILE = 8
+LOUD_QUANTILE = 0.9
+MIN_NOISE_TILES = 20
+RAYLEIGH_STD = np.sqrt((4.0 - np.pi) / 2.0)  # a Rayleigh's standard deviation / sigma
+RAYLEIGH_MEAN_ABOVE_P1 = np.sqrt(np.pi / 2.0) - np.sqrt(-2.0 * np.log(0.99))  # / sigma
+RAYLEIGH_CV = RAYLEIGH_STD / RAYLEIGH_MEAN_ABOVE_P1
+NOISE_CV = (0.85 * RAYLEIGH_CV, 1.2 * RAYLEIGH_CV)
 
 AXES = ("axial", "coronal", "sagittal")
 
@@ -205,6 +219,27 @@ def _inlier_bounds(values: np.ndarray, name: str, warnings: list[str]) -> tuple[
     return low, high
 
 
+def loudest_noise_sigma(values: np.ndarray, p1: float, p99: float) -> float:
+    """Sigma of the loudest background noise (see LOUD_QUANTILE); 0 without enough tiles
+    of noise (a 2D image, a clean background, a tight crop)."""
+    if values.ndim != 3 or min(values.shape) < NOISE_TILE:
+        return 0.0
+    t = NOISE_TILE
+    n = [s // t for s in values.shape]
+    step = max(1, int(np.cbrt(np.prod(n) / 20_000)))  # at most about 20,000 tiles
+    tiles = values[: n[0] * t : 1, : n[1] * t, : n[2] * t].reshape(n[0], t, n[1], t, n[2], t)
+    tiles = tiles[::step, :, ::step, :, ::step].astype(np.float64)
+    mean, std = tiles.mean(axis=(1, 3, 5)), tiles.std(axis=(1, 3, 5))
+    above = mean - p1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(above > 0, std / above, 0.0)
+    dim = above < RAYLEIGH_MEAN_ABOVE_P1 * NOISE_FLOOR_CAP * (p99 - p1) / NOISE_REACH
+    noise = (cv > NOISE_CV[0]) & (cv < NOISE_CV[1]) & (std > 0) & dim
+    if noise.sum() < MIN_NOISE_TILES:
+        return 0.0
+    return float(np.quantile(std[noise], LOUD_QUANTILE) / RAYLEIGH_STD)
+
+
 def noise_floor(values: np.ndarray, p1: float, p99: float) -> float | None:
     """The intensity that background noise stays below (see NOISE_REACH), or None when the
     background is not noise: zero-filled (the mode is at the 1st percentile), or no
@@ -216,11 +251,13 @@ def noise_floor(values: np.ndarray, p1: float, p99: float) -> float | None:
     counts, edges = np.histogram(sample, bins=128, range=(p1, top))
     smooth = np.convolve(counts, np.ones(5) / 5.0, mode="same")
     mode = float(edges[int(np.argmax(smooth))] + (edges[1] - edges[0]) / 2.0)
+    cap = p1 + NOISE_FLOOR_CAP * (p99 - p1)
     sigma = (mode - p1) / RAYLEIGH_MODE_ABOVE_P1
     floor = p1 + NOISE_REACH * sigma
-    if sigma <= 0 or floor > p1 + NOISE_FLOOR_CAP * (p99 - p1):
+    if sigma <= 0 or floor > cap:
         return None
-    return floor
+    loudest = p1 + NOISE_REACH * loudest_noise_sigma(values, p1, p99)
+    return max(floor, min(loudest, cap))
 
 
 def _kept_slices(values: np.ndarray, axis: int, options: ReadOptions, name: str) -> np.ndarray:
