@@ -174,3 +174,30 @@ def best_distinct(similarities: list[np.ndarray], rows: list[np.ndarray], k: int
         out[i, : len(distinct)] = distinct
         out[i, len(distinct) :] = distinct[-1]
     return out
+
+
+def search_excluding(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    query_groups: np.ndarray,
+    row_groups: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """index.search where no query finds a row of its own group (a synthetic slice never
+    finds slices of its own volume, its near-duplicates by anatomy). One faiss call per
+    group, with a selector; rows short of k are padded with the group's best (or -1)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    sims = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for group in np.unique(query_groups):
+        at = np.flatnonzero(query_groups == group)
+        own = np.flatnonzero(row_groups == group).astype(np.int64)
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(own))
+        found_sims, found = index.search(
+            queries[at], k, params=faiss.SearchParameters(sel=selector)
+        )
+        missing = found < 0
+        found_sims[missing] = -np.inf
+        found = np.where(missing, found[:, :1], found)
+        sims[at], ids[at] = found_sims, found
+    return sims, ids
