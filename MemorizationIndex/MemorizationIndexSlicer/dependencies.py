@@ -65,17 +65,21 @@ def torchProblem():
     return ""
 
 
+def notInstalled(imports):
+    """The requirements of {import name: requirement} whose module cannot be found (by
+    spec: nothing is imported)."""
+    return [req for module, req in imports.items() if importlib.util.find_spec(module) is None]
+
+
 def missingPipPackages():
     """Requirements (pip names) of the engine's other packages that cannot be imported."""
-    return [req for module, req in PIP_IMPORTS.items() if importlib.util.find_spec(module) is None]
+    return notInstalled(PIP_IMPORTS)
 
 
 def missingNoDepsPackages():
     """Requirements of the packages installed without their dependencies (LiteMedSAM's
-    weights) that are not installed (found by spec, never imported)."""
-    return [
-        req for module, req in NO_DEPS_IMPORTS.items() if importlib.util.find_spec(module) is None
-    ]
+    weights) that are not installed."""
+    return notInstalled(NO_DEPS_IMPORTS)
 
 
 def missingDependencies():

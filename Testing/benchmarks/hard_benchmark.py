@@ -34,6 +34,7 @@ from Testing.benchmarks.hard_cohort import (  # noqa: E402
     load_truth,
     make_hard_cohort,
 )
+from Testing.benchmarks.volume_fit_benchmark import pose_errors  # noqa: E402
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -174,14 +175,7 @@ def affine_error(volume: dict, copy: dict) -> dict:
         return {}
     t = copy["affine"]
     truth = AffinePose(np.array(t["linear"]), np.array(t["shift_mm"]), np.array(t["centre_mm"]))
-    at = truth.centre_mm
-    return {
-        "axes": found.mirror,
-        "true_axes": truth.mirror,
-        "scale_error_pct": float(100 * np.max(np.abs(found.scale / truth.scale - 1))),
-        "angle_error_deg": float(np.max(np.abs(found.angles_deg - truth.angles_deg))),
-        "shift_error_mm": float(np.linalg.norm(found.apply(at) - truth.apply(at))),
-    }
+    return {"axes": found.mirror, **pose_errors(found, truth)}
 
 
 def is_true(value) -> bool:

@@ -86,14 +86,20 @@ def fit_row(training: sitk.Image, copy: sitk.Image, truth: AffinePose | None) ->
         "seconds": fit.seconds,
     }
     if truth is not None:
-        at = truth.centre_mm
-        row |= {
-            "true_axes": truth.mirror,
-            "scale_error_pct": float(100 * np.max(np.abs(fit.pose.scale / truth.scale - 1))),
-            "angle_error_deg": float(np.max(np.abs(fit.pose.angles_deg - truth.angles_deg))),
-            "shift_error_mm": float(np.linalg.norm(fit.pose.apply(at) - truth.apply(at))),
-        }
+        row |= pose_errors(fit.pose, truth)
     return row
+
+
+def pose_errors(found: AffinePose, truth: AffinePose) -> dict:
+    """The true axes and a found pose's errors: scale (%, worst axis), rotation (degrees,
+    worst axis) and shift (mm, at the truth's centre)."""
+    at = truth.centre_mm
+    return {
+        "true_axes": truth.mirror,
+        "scale_error_pct": float(100 * np.max(np.abs(found.scale / truth.scale - 1))),
+        "angle_error_deg": float(np.max(np.abs(found.angles_deg - truth.angles_deg))),
+        "shift_error_mm": float(np.linalg.norm(found.apply(at) - truth.apply(at))),
+    }
 
 
 def run(out: Path, spacing: float = 2.0, n_novel: int = 4) -> dict:

@@ -116,7 +116,6 @@ class ContentNull:
                 continue  # the pooled null is the bank's own
             # '*' means "any": a position class of its own only where it is known
             sel = (pos == p if p != UNKNOWN else True) & (fg == f if f != UNKNOWN else True)
-            sel = np.broadcast_to(sel, statistic.shape)
             enough = np.sum(sel) >= MIN_BIN_SLICES
             if enough and len(np.unique(subjects[sel])) >= MIN_BIN_SUBJECTS:
                 out.models[f"{p}/{f}"] = NullModel.fit(statistic[sel])

@@ -31,7 +31,8 @@ MIN_FOREGROUND_SHARE = 0.05
 NOISE_REACH = 4.0
 BACKGROUND_QUANTILE = 0.4
 NOISE_FLOOR_CAP = 0.3
-RAYLEIGH_MODE_ABOVE_P1 = 1.0 - np.sqrt(-2.0 * np.log(0.99))  # (mode - 1st pct) / sigma
+RAYLEIGH_P1 = np.sqrt(-2.0 * np.log(0.99))  # a Rayleigh's 1st percentile / sigma
+RAYLEIGH_MODE_ABOVE_P1 = 1.0 - RAYLEIGH_P1  # (mode - 1st pct) / sigma
 # A volume can carry two noise levels: a zoomed-out copy's zero-filled border holds only the
 # generator's noise, quieter than the scan's own background, and the mode above is then the
 # quieter one. So the floor also clears the loudest noise: the upper LOUD_QUANTILE of the
@@ -43,7 +44,7 @@ NOISE_TILE = 8
 LOUD_QUANTILE = 0.9
 MIN_NOISE_TILES = 20
 RAYLEIGH_STD = np.sqrt((4.0 - np.pi) / 2.0)  # a Rayleigh's standard deviation / sigma
-RAYLEIGH_MEAN_ABOVE_P1 = np.sqrt(np.pi / 2.0) - np.sqrt(-2.0 * np.log(0.99))  # / sigma
+RAYLEIGH_MEAN_ABOVE_P1 = np.sqrt(np.pi / 2.0) - RAYLEIGH_P1  # (mean - 1st pct) / sigma
 RAYLEIGH_CV = RAYLEIGH_STD / RAYLEIGH_MEAN_ABOVE_P1
 NOISE_CV = (0.85 * RAYLEIGH_CV, 1.2 * RAYLEIGH_CV)
 
@@ -227,7 +228,7 @@ def loudest_noise_sigma(values: np.ndarray, p1: float, p99: float) -> float:
     t = NOISE_TILE
     n = [s // t for s in values.shape]
     step = max(1, int(np.cbrt(np.prod(n) / 20_000)))  # at most about 20,000 tiles
-    tiles = values[: n[0] * t : 1, : n[1] * t, : n[2] * t].reshape(n[0], t, n[1], t, n[2], t)
+    tiles = values[: n[0] * t, : n[1] * t, : n[2] * t].reshape(n[0], t, n[1], t, n[2], t)
     tiles = tiles[::step, :, ::step, :, ::step].astype(np.float64)
     mean, std = tiles.mean(axis=(1, 3, 5)), tiles.std(axis=(1, 3, 5))
     above = mean - p1
