@@ -215,6 +215,13 @@ class HardCohort:
         return "novel"
 
 
+def fresh_noise(copy: sitk.Image, source: sitk.Image, share: float, seed: int) -> np.ndarray:
+    """The copy's voxels under fresh Rician noise of `share` x its source's 99th percentile."""
+    peak = float(np.percentile(sitk.GetArrayViewFromImage(source), 99))
+    noisy = rician(sitk.GetArrayFromImage(copy), share * peak, np.random.default_rng(seed))
+    return noisy.astype(np.float32)
+
+
 def _image_like(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(array.astype(np.float32))
     image.CopyInformation(like)
@@ -264,10 +271,7 @@ def make_hard_cohort(
     for j, (name, angles, shift) in enumerate(copies):
         src = int(sources[j])
         moved = move_rigid(train_images[src], angles, shift)
-        arr = sitk.GetArrayFromImage(moved)
-        peak = float(np.percentile(sitk.GetArrayViewFromImage(train_images[src]), 99))
-        noise_rng = np.random.default_rng(seed * 1000 + 900 + j)
-        arr = rician(arr, copy_noise * peak, noise_rng)
+        arr = fresh_noise(moved, train_images[src], copy_noise, seed * 1000 + 900 + j)
         info = {
             "scenario": name,
             "source": cohort.train[src]["file"],
@@ -282,10 +286,8 @@ def make_hard_cohort(
     for j, name in enumerate(mangled):
         src = (j + seed) % n_train
         copy, pose = mangle(train_images[src], name)
-        peak = float(np.percentile(sitk.GetArrayViewFromImage(train_images[src]), 99))
-        noise_rng = np.random.default_rng(seed * 1000 + 950 + j)
         noisy = sitk.GetImageFromArray(
-            rician(sitk.GetArrayFromImage(copy), copy_noise * peak, noise_rng).astype(np.float32)
+            fresh_noise(copy, train_images[src], copy_noise, seed * 1000 + 950 + j)
         )
         noisy.CopyInformation(copy)
         info = {
