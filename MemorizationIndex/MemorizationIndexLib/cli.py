@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MemorizationIndexError
-from .job import VERIFY_STAGE, Job
+from .job import SLICE_STAGES, Job
 from .openmp import allow_duplicate_runtimes
 
 EXIT_OK = 0
@@ -53,7 +53,7 @@ class TqdmProgress:
 
 
 def unit_of(stage: str) -> str:
-    return "slice" if stage == VERIFY_STAGE else "vol"
+    return "slice" if stage in SLICE_STAGES else "vol"
 
 
 def make_progress(quiet: bool, stream=None):
@@ -302,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         "suspects, up to 1,000 slices, get a viewer) or as PNG files in images/ beside it "
         "(every suspect)",
     )
+    s.add_argument(
+        "--no-internal-duplicates",
+        action="store_true",
+        help="skip the search for synthetic inputs that copy each other (it verifies every "
+        "slice a second time, against the synthetic set)",
+    )
     _ray_options(s, "score")
 
     d = sub.add_parser("demo", help="build an example cohort from real MRI and audit it")
@@ -513,10 +519,42 @@ def print_verdicts(result) -> None:
         print_image_set(s["images"], s["alpha"])
     if s.get("volume_stage_skipped"):
         print(f"  note: {s['volume_stage_skipped']}")
+    print_internal_duplicates(result)
     for sk in result.skipped:
         print(f"  skipped {sk.path}: {sk.reason}")
     for w in s.get("warnings", []):
         print(f"  warning: {w['warning']}")
+
+
+MAX_PAIRS_SHOWN = 10
+
+
+def print_internal_duplicates(result) -> None:
+    """One line on the synthetic inputs that copy each other, then the worst pairs."""
+    found = result.summary.get("internal_duplicates")
+    if found is None:
+        return
+    if not found["searched"]:
+        print(f"Internal duplicates: not searched. {found['reason']}")
+        return
+    print(
+        f"Internal duplicates: {found['n_pairs']} pair(s) of synthetic inputs copy each other; "
+        f"{found['n_inputs_flagged']} of {found['n_inputs']} inputs flagged "
+        f"({found['expected_by_chance']:.2g} expected by chance at alpha {result.alpha:g}), "
+        f"{found['pairs_with_training_source']} pair(s) copy the same training volume."
+    )
+    for pair in result.internal_duplicates[:MAX_PAIRS_SHOWN]:
+        source = Path(pair.training_source).name if pair.training_source else "no common source"
+        print(
+            f"  {Path(pair.input_a).name} #{pair.slice_a} ~ {Path(pair.input_b).name} "
+            f"#{pair.slice_b}: MI {pair.mi:.6f}, {pair.slices_matched} slice(s), run "
+            f"{pair.longest_run}; {source}"
+        )
+    if len(result.internal_duplicates) > MAX_PAIRS_SHOWN:
+        print(
+            f"  ... and {len(result.internal_duplicates) - MAX_PAIRS_SHOWN} more "
+            "(internal_duplicates.csv)"
+        )
 
 
 def print_image_set(images: dict, alpha: float) -> None:

@@ -341,6 +341,7 @@ def score_in_pieces(bank, encoder, args, job):
             args.stride,
             job,
             {"device": args.device, "batch_size": args.batch_size},
+            internal_duplicates=not getattr(args, "no_internal_duplicates", False),
         )
     finally:
         if ray_runner is not None:

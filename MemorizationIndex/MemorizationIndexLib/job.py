@@ -21,6 +21,9 @@ CancelCallback = Callable[[], bool]
 
 # The one stage counted in slices rather than volumes (stage 2 runs per query slice).
 VERIFY_STAGE = "Verifying matches (slices)"
+# The same verification of the synthetic slices among themselves (internal duplicates).
+INTERNAL_STAGE = "Duplicates within the set (slices)"
+SLICE_STAGES = (VERIFY_STAGE, INTERNAL_STAGE)
 
 
 class Job:

@@ -96,3 +96,10 @@ def test_flag_rate_on_novel_volumes_is_near_alpha():
         m = int(part.sum())
         assert m > 100
         assert (p[part] <= 0.1).sum() <= binom.isf(0.001, m, 0.1), ((p[part] <= 0.1).sum(), m)
+    # Internal duplicates (issue 23.1): the same 30 novel volumes searched among
+    # themselves are judged by the bank's stage-1-2 null; they are distinct subjects, so
+    # their slices are flagged no more often than alpha allows, and few of them as inputs.
+    inside = result.summary["internal_duplicates"]
+    assert inside["searched"] and inside["n_slices"] == n
+    assert inside["n_slices_flagged"] <= high, (inside["n_slices_flagged"], high)
+    assert inside["n_inputs_flagged"] <= 3 and len(result.internal_duplicates) <= 3

@@ -77,6 +77,7 @@ def test_score_writes_the_report(small_cohort, small_bank, tmp_path, capsys):
     assert {p.name for p in report.iterdir()} == {
         "slices.csv",
         "volumes.csv",
+        "internal_duplicates.csv",
         "summary.json",
         "report.html",
         ".memorization-index.json",

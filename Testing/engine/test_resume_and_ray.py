@@ -11,7 +11,7 @@ import pytest
 
 from . import kill_points
 
-OUTPUTS = ("slices.csv", "volumes.csv", "summary.json")
+OUTPUTS = ("slices.csv", "volumes.csv", "internal_duplicates.csv", "summary.json")
 SCORE_ARGS = ["--stride", "3", "--quiet", "--device", "cpu"]
 
 CLI = "from MemorizationIndexLib.cli import main\nsys.exit(main(sys.argv[2:]))\n"

@@ -1,6 +1,6 @@
-"""Score outputs: slices.csv, volumes.csv, summary.json and a self-contained report.html
-(or report.html with its pictures under images/), written together into one folder,
-atomically.
+"""Score outputs: slices.csv, volumes.csv, internal_duplicates.csv, summary.json and a
+self-contained report.html (or report.html with its pictures under images/), written
+together into one folder, atomically.
 
 The CSV columns are a contract other tools read (README, "Output files"); the rows come
 from the typed results (scoring/results.py), which hold that contract.
@@ -17,8 +17,10 @@ from ..atomic import atomic_directory
 from ..bank.feature_bank import FeatureBank
 from ..scoring.audit import audit_record
 from ..scoring.results import (
+    DUPLICATE_COLUMNS_REQUIRED,
     SLICE_COLUMNS_REQUIRED,
     VOLUME_COLUMNS_REQUIRED,
+    DuplicatePair,
     ScoreResult,
     SliceResult,
     VolumeResult,
@@ -27,7 +29,9 @@ from .html import render_html
 
 
 def write_csv(
-    path: Path, results: list[SliceResult] | list[VolumeResult], required: tuple[str, ...]
+    path: Path,
+    results: list[SliceResult] | list[VolumeResult] | list[DuplicatePair],
+    required: tuple[str, ...],
 ) -> None:
     rows = [r.as_row() for r in results]
     present = dict.fromkeys(c for row in rows for c in row)  # every row's columns, in order
@@ -73,6 +77,11 @@ def write_report(
     with atomic_directory(out_dir, "report", inputs) as tmp:
         write_csv(tmp / "slices.csv", result.slices, SLICE_COLUMNS_REQUIRED)
         write_csv(tmp / "volumes.csv", result.volumes, VOLUME_COLUMNS_REQUIRED)
+        write_csv(
+            tmp / "internal_duplicates.csv",
+            result.internal_duplicates,
+            DUPLICATE_COLUMNS_REQUIRED,
+        )
         (tmp / "summary.json").write_text(
             json.dumps(result.summary, indent=2, default=str), encoding="utf-8"
         )

@@ -11,7 +11,8 @@ import numpy as np
 from ..bank.feature_bank import FeatureBank
 from ..geometry import flip_axes
 from ..scoring.results import ScoreResult
-from .images import difference_image, png_data_uri
+from .duplicates_section import internal_duplicates_section
+from .images import difference_image, figures
 from .slice_images import aligned
 from .viewer import VIEWER_STYLE, Suspect, pose_text, suspect_button, viewer_section
 
@@ -63,14 +64,13 @@ def _card(result: ScoreResult, bank: FeatureBank, i: int) -> str:
         # Show the query as the matched view saw it, so the copy lines up with its match.
         axes = flip_axes(r.flip)
         query = np.flip(query, axis=axes) if axes else query
-    imgs = "".join(
-        f'<figure><img src="{png_data_uri(im)}" width="128" height="128" alt="{cap}">'
-        f"<figcaption>{cap}</figcaption></figure>"
-        for im, cap in (
+    imgs = figures(
+        [
             (query, "synthetic"),
             (match, "nearest training"),
             (difference_image(query, match), "difference"),
-        )
+        ],
+        128,
     )
     return (
         f'<div class="card{" flag" if r.flagged else ""}"><div class="imgs">{imgs}</div>'
@@ -248,6 +248,7 @@ Mean MI {s["mean_mi"]:.3f}.</p>
 <th>inspect</th></tr>{vol_rows}
 </table>
 {_subject_section(s, shown)}
+{internal_duplicates_section(result)}
 <h2>Inspect the suspects: slice by slice</h2>
 {viewer}
 <h2>Similarity: synthetic slices (orange) against the calibration null (grey)</h2>

@@ -40,3 +40,12 @@ def difference_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| of two uint8 thumbnails, stretched so small differences stay visible."""
     d = np.abs(a.astype(np.int16) - b.astype(np.int16)).astype(np.float32)
     return np.clip(d * 2.0, 0, 255).astype(np.uint8)
+
+
+def figures(images: list[tuple[np.ndarray, str]], px: int) -> str:
+    """<figure>s of uint8 images shown at px x px, each with its caption (HTML, inline)."""
+    return "".join(
+        f'<figure><img src="{png_data_uri(image)}" width="{px}" height="{px}" '
+        f'alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+        for image, caption in images
+    )

@@ -43,6 +43,16 @@ VOLUME_COLUMNS_REQUIRED = (
     "flagged",
 )
 
+DUPLICATE_COLUMNS_REQUIRED = (
+    "input_a",
+    "slice_a",
+    "input_b",
+    "slice_b",
+    "p_value",
+    "mi",
+    "shared_training_source",
+)
+
 
 class _Row:
     """Read access by CSV column name, for dataclasses that define `as_row`. Columns that
@@ -256,6 +266,42 @@ _VOLUME_ORDER = (
 )
 
 
+@dataclass(eq=False)
+class DuplicatePair(_Row):
+    """Two synthetic inputs (volumes or 2D images) that copy each other: input_a's slices
+    found input_b's among the other synthetic inputs, verified and calibrated as against
+    the bank (scoring/internal_duplicates.py). p_value is input_a's: the Simes combination
+    of its slice p-values, the smaller of the two directions when both were flagged;
+    slice_a / slice_b the most significant slice pair; slices_matched input_a's flagged
+    slices that matched input_b; longest_run as in volumes.csv; source_a / source_b the
+    training volume each copies ("" when it was not flagged against the bank)."""
+
+    input_a: str
+    slice_a: int
+    input_b: str
+    slice_b: int
+    p_value: float
+    mi: float
+    score: float
+    slices_matched: int
+    longest_run: int
+    source_a: str = ""
+    source_b: str = ""
+    series_uid_a: str = ""
+    series_uid_b: str = ""
+
+    @property
+    def training_source(self) -> str:
+        """The training volume both copy, "" when they copy none or different ones."""
+        return self.source_a if self.source_a and self.source_a == self.source_b else ""
+
+    def as_row(self) -> dict:
+        """The internal_duplicates.csv row."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["shared_training_source"] = self.training_source
+        return row
+
+
 def ranked(results: Sequence[SliceResult | VolumeResult]) -> list[int]:
     """Indices of results, most suspicious first: higher MI, then (slices) higher
     similarity, then the order given. The one ranking of the report, the CLI and Slicer."""
@@ -279,6 +325,10 @@ class ScoreResult:
     match_rows: np.ndarray
     alpha: float
     alignment: Alignments | None = None
+    # [n, layers, D] float32 raw encoder features of the slices (identity view), kept until
+    # the internal-duplicate search of the whole set has used them, then dropped (None)
+    query_features: np.ndarray | None = None
+    internal_duplicates: list[DuplicatePair] = field(default_factory=list)
 
     def flagged_volumes(self) -> list[VolumeResult]:
         return [v for v in self.volumes if v.flagged]

@@ -42,7 +42,13 @@ from ..search.affine_pose import AffinePose
 from ..search.verification import Alignments
 from ..search.volume_stage import volume_stage_totals
 from .results import ScoreResult, SliceResult, VolumeResult
-from .score import check_alpha, dataset_summary, encode_queries, score_features
+from .score import (
+    check_alpha,
+    dataset_summary,
+    encode_queries,
+    score_features,
+    with_internal_duplicates,
+)
 
 SCORING_STAGE = "Scoring synthetic volumes"
 
@@ -61,7 +67,7 @@ def score_volume(bank, source: ScanSource, encoder: Encoder, options, alpha: flo
     queries = encode_queries(bank, [source], encoder, options)
     if len(queries) == 0:
         return Piece(None, list(queries.skipped))
-    return Piece(score_features(bank, queries, alpha))
+    return Piece(score_features(bank, queries, alpha, internal_duplicates=None))
 
 
 # ---- the resume folder (pieces.py) --------------------------------------------------------
@@ -203,7 +209,15 @@ def merge_pieces(bank, pieces: list[Piece], alpha: float, skipped: list[SkippedI
         match_rows=np.concatenate([r.match_rows for r in results]),
         alpha=alpha,
         alignment=_concat_alignments([r.alignment for r in results]),
+        query_features=_concat_features([r.query_features for r in results]),
     )
+
+
+def _concat_features(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    """The pieces' slice features in order; None when a piece has none (an older one)."""
+    if any(f is None for f in parts):
+        return None
+    return np.concatenate(parts)
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -243,7 +257,10 @@ def score_images(bank, sources: list[ScanSource], encoder: Encoder, options, alp
     """score_volume for each of several 2D images, encoded and searched together; one
     piece per source (its result, or why it was skipped)."""
     queries = encode_queries(bank, sources, encoder, options)
-    by_key = split_by_volume(score_features(bank, queries, alpha)) if len(queries) else {}
+    scored = (
+        score_features(bank, queries, alpha, internal_duplicates=None) if len(queries) else None
+    )
+    by_key = split_by_volume(scored) if scored is not None else {}
     pieces = []
     for source in sources:
         result = by_key.get((source.path, source.series_uid))
@@ -285,6 +302,7 @@ def split_by_volume(result: ScoreResult) -> dict[tuple[str, str], ScoreResult]:
             match_rows=result.match_rows[rows],
             alpha=result.alpha,
             alignment=alignment,
+            query_features=(None if result.query_features is None else result.query_features[rows]),
         )
     return out
 
@@ -299,14 +317,17 @@ def score_resumable(
     stride: int | None = None,
     job: Job | None = None,
     run_settings: dict | None = None,
+    internal_duplicates: bool = True,
 ) -> tuple[ScoreResult, ResumeFolder]:
     """Score every synthetic volume of synth_dir, skipping those a killed run with the same
     key finished; returns the merged result and the resume folder (remove it once the
-    report is written). make_runner(sources, options) gives the Runner."""
+    report is written). make_runner(sources, options) gives the Runner. The search for
+    internal duplicates runs on the merged set (it needs every input)."""
     job = job or Job()
     options = run_options(bank, alpha, stride)
     sources, skipped = find_scans_required(synth_dir)
     settings = {"alpha": alpha, "stride": options.stride, **(run_settings or {})}
     folder = ResumeFolder(out, run_key(bank, encoder_info, sources, settings), PieceFiles())
     pieces = run_in_pieces(folder, len(sources), make_runner(sources, options), job, SCORING_STAGE)
-    return merge_pieces(bank, pieces, alpha, skipped), folder
+    merged = merge_pieces(bank, pieces, alpha, skipped)
+    return with_internal_duplicates(bank, merged, internal_duplicates, job), folder

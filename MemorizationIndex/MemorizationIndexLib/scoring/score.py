@@ -24,43 +24,13 @@ from ..scans import ReadOptions, ScanSource, ScanVolume, SkippedInput, find_scan
 from ..scans.sources import IMAGE_PX
 from ..search.index import StageResult
 from ..search.volume_stage import VolumeMatch, VolumeStageResult, volume_stage
+from .evidence import longest_ordered_run, simes_p_value
 from .image_set import copies_per_subject, image_set_summary
+from .internal_duplicates import add_internal_duplicates, not_searched
 from .results import ScoreResult, SliceResult, VolumeResult
 
 HIGH_QUANTILE = 0.9
 TOP_MATCHES_LISTED = 3
-
-
-def simes_p_value(p_values: np.ndarray) -> float:
-    """Simes (1986) combination: min_i n p_(i) / i; valid under positive dependence."""
-    p = np.sort(np.asarray(p_values, dtype=np.float64))
-    if len(p) == 0:
-        return 1.0
-    return float(min(1.0, np.min(len(p) * p / np.arange(1, len(p) + 1))))
-
-
-def longest_ordered_run(flagged: np.ndarray, match_rows: np.ndarray, bank_vids: np.ndarray) -> int:
-    """Longest stretch of consecutive flagged slices whose matches are consecutive bank slices
-    of one training volume, in a consistent direction (a copied stack, possibly reversed)."""
-    best = 0
-    run = 0
-    step = 0
-    for i in range(len(flagged)):
-        if not flagged[i]:
-            run, step = 0, 0
-            continue
-        if run > 0:
-            diff = int(match_rows[i]) - int(match_rows[i - 1])
-            same_volume = bank_vids[match_rows[i]] == bank_vids[match_rows[i - 1]]
-            if same_volume and abs(diff) == 1 and (step == 0 or diff == step):
-                run += 1
-                step = diff
-            else:
-                run, step = 1, 0
-        else:
-            run = 1
-        best = max(best, run)
-    return best
 
 
 def check_alpha(alpha: float) -> None:
@@ -247,10 +217,14 @@ def score_features(
     alpha: float = 0.01,
     skipped: list[SkippedInput] | None = None,
     job: Job | None = None,
+    internal_duplicates: bool | None = True,
 ) -> ScoreResult:
     """The scoring core on already-encoded slices (the benchmark calls it directly).
 
     alpha: flag a slice (and a volume) when its p-value <= alpha, i.e. MI >= 1 - alpha.
+    internal_duplicates: also search the set for inputs that copy each other
+    (internal_duplicates.py); None keeps the slice features for a later search of a
+    larger set (a resumable run's pieces) and searches nothing.
     """
     check_alpha(alpha)
     job = job or Job()
@@ -282,7 +256,7 @@ def score_features(
         )
         for warning in warnings
     ]
-    return ScoreResult(
+    result = ScoreResult(
         slices=slices,
         volumes=volumes,
         summary=summary,
@@ -291,7 +265,19 @@ def score_features(
         match_rows=stages.match_rows,
         alpha=alpha,
         alignment=stages.alignment,
+        query_features=np.stack(queries.features, axis=1).astype(np.float32, copy=False),
     )
+    return with_internal_duplicates(bank, result, internal_duplicates, job)
+
+
+def with_internal_duplicates(bank, result: ScoreResult, search: bool | None, job) -> ScoreResult:
+    """The internal-duplicate search of a whole scored set, as `search` asks: True search,
+    False record that it was turned off, None leave the features for a later search."""
+    if search is None:
+        return result
+    if not search:
+        return not_searched(result, "Turned off (--no-internal-duplicates).")
+    return add_internal_duplicates(bank, result, job)
 
 
 def dataset_summary(
@@ -389,12 +375,13 @@ def score(
     alpha: float = 0.01,
     stride: int | None = None,
     job: Job | None = None,
+    internal_duplicates: bool = True,
 ) -> ScoreResult:
     """Score a folder (or a file, or in-memory volumes) of synthetic scans against a bank.
 
     encoder: from bank.load_encoder(checkpoint, device, batch_size) (default: the bank's
     own, on the best device); stride: score every n-th foreground slice; job: progress
-    and Cancel.
+    and Cancel; internal_duplicates: also look for inputs that copy each other.
     """
     check_alpha(alpha)
     options = ReadOptions(  # validates stride (0 is an error, not 1) before any work
@@ -415,7 +402,7 @@ def score(
             "None of the synthetic scans could be used: "
             + "; ".join(f"{s.path}: {s.reason}" for s in (skipped + queries.skipped)[:5])
         )
-    return score_features(bank, queries, alpha, skipped, job=job)
+    return score_features(bank, queries, alpha, skipped, job, internal_duplicates)
 
 
 def _units(query_kind: str, match_kind: str) -> str:

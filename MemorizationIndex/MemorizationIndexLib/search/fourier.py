@@ -18,7 +18,7 @@ import torch
 
 from ..geometry import warp
 from .foreground import as_unit_images, foreground_moments
-from .neighbours import best_distinct, exact_index
+from .neighbours import best_distinct, exact_index, search_excluding
 
 FREQUENCIES = 12  # lowest frequencies kept per axis (after folding)
 SPREAD = 1.0 / 7.0  # foreground spread per axis after normalisation, share of the size
@@ -92,13 +92,25 @@ class PixelIndex:
         self.indexes = [exact_index(d) for d in descriptor_sets(thumbnails)]
         self.ntotal = len(thumbnails)
 
-    def search(self, thumbnails: np.ndarray, k: int) -> np.ndarray:
-        """[n, 2k] bank rows: per descriptor, the k nearest over all query views."""
+    def search(
+        self,
+        thumbnails: np.ndarray,
+        k: int,
+        groups: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """[n, 2k] bank rows: per descriptor, the k nearest over all query views.
+        groups: (query groups, row groups); no query finds a row of its own group."""
         k = min(k, self.ntotal)
         per_view = [descriptor_sets(rotated(thumbnails, a)) for a in self.VIEW_ANGLES]
+
+        def nearest(index, descriptors):
+            if groups is None:
+                return index.search(descriptors, k)
+            return search_excluding(index, descriptors, k, *groups)
+
         found = []
         for d, index in enumerate(self.indexes):
-            sims, rows = zip(*(index.search(v[d], k) for v in per_view), strict=True)
+            sims, rows = zip(*(nearest(index, v[d]) for v in per_view), strict=True)
             found.append(
                 best_distinct(
                     list(np.concatenate(sims, axis=1)), list(np.concatenate(rows, axis=1)), k

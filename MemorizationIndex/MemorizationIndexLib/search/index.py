@@ -172,6 +172,12 @@ class SliceIndex:
         self.index_options = dict(index_options or {})
         self._pixel_index = None
 
+    def unfitted(self) -> SliceIndex:
+        """A new index with these parameters (and verifier), exact, fitted on nothing yet."""
+        return SliceIndex(
+            self.top_k, self.verify_k, self.pixel_k, self.verifier, self.chunk, "exact"
+        )
+
     def fit(
         self, features: list[np.ndarray], volume_ids: np.ndarray, thumbnails: np.ndarray
     ) -> SliceIndex:
@@ -224,7 +230,7 @@ class SliceIndex:
     def whiten(self, features: list[np.ndarray]) -> list[np.ndarray]:
         return [w.transform(f) for w, f in zip(self.whiteners_, features, strict=True)]
 
-    def _stage1(self, features: list[np.ndarray]) -> Matches:
+    def _stage1(self, features: list[np.ndarray], query_groups: np.ndarray | None = None):
         whitened = self.whiten(features)
         parts = [
             nearest_by_features(
@@ -233,6 +239,9 @@ class SliceIndex:
                 self.indexes_,
                 self.volume_ids_,
                 self.top_k,
+                None
+                if query_groups is None
+                else (query_groups[s : s + self.chunk], self.volume_ids_),
             )
             for s in range(0, len(whitened[0]), self.chunk)
         ]
@@ -244,23 +253,33 @@ class SliceIndex:
         progress: Step | None = None,
         settle_below: float | None = None,
         keep_checked: bool = False,
+        query_volumes: np.ndarray | None = None,
     ) -> StageResult:
         """Both stages for every query. progress.update(done, n) follows stage 2 query by
         query (and may raise CancelledError there). settle_below and keep_checked: see
-        Verifier.align (the bank's gate; calibration keeps the check alignments)."""
+        Verifier.align (the bank's gate; calibration keeps the check alignments).
+        query_volumes [n]: each query's own volume id in this index; a query then never
+        finds a slice of its own volume (internal duplicates of a synthetic set)."""
         n = len(queries)
+        own = query_volumes
         with small_batch_blas():
             views = [(rows, feats) for rows, feats in queries.views if len(rows) > 0]
+            if own is not None and self.kind_ == "compressed":
+                raise SettingsError("Searches that leave out a volume need an exact index.")
             if self.kind_ == "compressed":  # views stacked: one search per layer
                 views = stacked_stage1(self._stage1, views)
             else:
-                views = [(rows, self._stage1(feats)) for rows, feats in views]
+                views = [
+                    (rows, self._stage1(feats, None if own is None else own[rows]))
+                    for rows, feats in views
+                ]
             stage1, view = best_over_views(views, n)
             alignment = checked = None
             if self.verify_k > 0:
                 candidates = pooled_candidates(views, n, self.verify_k)
                 if self.pixel_k > 0:
-                    near = self.pixel_index_.search(queries.thumbnails, self.pixel_k)
+                    groups = None if own is None else (own, self.volume_ids_)
+                    near = self.pixel_index_.search(queries.thumbnails, self.pixel_k, groups)
                     candidates = merge_candidates(candidates, near)
                 alignment = self.verifier.align(
                     queries.thumbnails,

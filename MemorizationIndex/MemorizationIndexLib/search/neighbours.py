@@ -74,12 +74,14 @@ def nearest_by_features(
     indexes: list[faiss.Index],
     bank_volume_ids: np.ndarray,
     k: int = 10,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Matches:
     """Candidates = union of each layer's top-k; each is scored on every layer; best wins.
 
     A copy matches one training slice in every layer; a novel slice's per-layer nearest
     neighbours scatter, so scoring one candidate across all layers separates them better
-    than the paper's independent per-layer top-1.
+    than the paper's independent per-layer top-1. groups: (query groups [n], row groups
+    [N]); a query then never finds a row of its own group (search_excluding).
     """
     n = len(queries[0])
     n_layers = len(queries)
@@ -87,7 +89,10 @@ def nearest_by_features(
     per_layer_ids = []
     top1 = np.zeros((n, n_layers), np.float32)
     for layer, (q, index) in enumerate(zip(queries, indexes, strict=True)):
-        sims, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        if groups is None:
+            sims, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        else:
+            sims, ids = search_excluding(index, q, k, *groups)
         per_layer_ids.append(ids)
         top1[:, layer] = sims[:, 0]
     candidates = np.concatenate(per_layer_ids, axis=1)  # [n, L*k]

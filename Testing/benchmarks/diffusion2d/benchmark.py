@@ -46,6 +46,13 @@ from Testing.benchmarks.diffusion2d.cohort import (  # noqa: E402
     read_grey,
     subject_of,
 )
+from Testing.benchmarks.diffusion2d.set_audit import (  # noqa: E402
+    BLEND_WEIGHTS,  # noqa: F401 (the benchmark's settings, read by its tests)
+    evaluate_duplicates,
+    read_pairs,
+    write_blends,
+    write_duplicates,
+)
 from Testing.benchmarks.diffusion2d.train_sample import (  # noqa: E402
     Settings,
     train_and_sample,
@@ -192,9 +199,12 @@ def write_augmented_copies(
     return truth
 
 
-def evaluate_augmented(truth: dict[str, dict], scores: list[dict]) -> dict[str, dict]:
-    """Per augmentation: AUROC and TPR at 1 % FPR against the held-out real slices, the share
-    flagged and the share flagged with their true source subject."""
+def evaluate_augmented(
+    truth: dict[str, dict], scores: list[dict], prefix: str = "aug:"
+) -> dict[str, dict]:
+    """Per augmentation (class `prefix` + kind): AUROC and TPR at 1 % FPR against the
+    held-out real slices, the share flagged and the share flagged with their true source
+    subject."""
     by_file = {r["file"]: r for r in scores}
     files = [f for f in truth if f in by_file]
     mi = np.array([by_file[f]["mi"] for f in files])
@@ -207,8 +217,11 @@ def evaluate_augmented(truth: dict[str, dict], scores: list[dict]) -> dict[str, 
     )
     neg = klass == "novel-real"
     out = {}
-    for kind in AUGMENTATIONS:
-        pos = klass == f"aug:{kind}"
+    kinds = dict.fromkeys(k[len(prefix) :] for k in klass.tolist() if k.startswith(prefix))
+    for kind in [k for k in AUGMENTATIONS if k in kinds] + [
+        k for k in kinds if k not in AUGMENTATIONS
+    ]:
+        pos = klass == f"{prefix}{kind}"
         if not pos.any() or not neg.any():
             continue
         out[kind] = {
@@ -351,6 +364,8 @@ def run(
         truth[f.name] = {"class": "novel-real", "source_subject": None}
     augmented = write_augmented_copies(cohort.train_files(), queries, augmented_per_kind, seed + 1)
     result["augmented_per_kind"] = augmented_per_kind
+    blends = write_blends(cohort.train_files(), held_files, queries, augmented_per_kind, seed + 2)
+    planted = write_duplicates(held_files, queries, augmented_per_kind, seed + 3)
     score_fn = score_fn or cli_scorer(image_size=settings.image_size, alpha=alpha)
     work = out / "engine"
     work.mkdir(exist_ok=True)
@@ -364,10 +379,14 @@ def run(
         result["scoring"] = "ok"
         result["engine_seconds"] = time.perf_counter() - t1
         result["metrics"] = evaluate(truth, scores, alpha)
-        result["augmented"] = evaluate_augmented(
-            {**augmented, **{f: t for f, t in truth.items() if t["class"] == "novel-real"}},
-            scores,
-        )
+        real = {f: t for f, t in truth.items() if t["class"] == "novel-real"}
+        result["augmented"] = evaluate_augmented({**augmented, **real}, scores)
+        result["blends"] = evaluate_augmented({**blends, **real}, scores, "blend:")
+        pairs = read_pairs(work / "report")
+        if pairs is not None:
+            result["duplicates"] = evaluate_duplicates(
+                pairs, planted, sample_rows, [f.name for f in held_files]
+            )
     result["seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -489,7 +508,47 @@ def markdown(result: dict) -> str:
                 f"{r['tpr_at_1pct_fpr']:.3f} | {r['flagged']:.1%} | "
                 f"{r['flagged_true_source']:.1%} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _set_audit_lines(result)) + "\n"
+
+
+def _set_audit_lines(result: dict) -> list[str]:
+    """Blends and duplicates within the set (set_audit.py), when the run has them."""
+    lines = []
+    blends = result.get("blends") or {}
+    if blends:
+        lines += [
+            "",
+            "Blends: w x a training slice + (1 - w) x a held-out real slice of another person "
+            "(numpy, 8-bit PNG), against the held-out real slices:",
+            "",
+            "| blend weight w | n | AUROC | TPR at 1 % FPR | flagged | ... with their true "
+            "source subject |",
+            "|---|---|---|---|---|---|",
+        ]
+        for w, r in blends.items():
+            lines.append(
+                f"| {w} | {r['n']} | {r['auroc']:.3f} | {r['tpr_at_1pct_fpr']:.3f} | "
+                f"{r['flagged']:.1%} | {r['flagged_true_source']:.1%} |"
+            )
+    d = result.get("duplicates")
+    if d:
+        lines += [
+            "",
+            "Duplicates within the set (internal_duplicates.csv): held-out real slices written "
+            "a second time, mirrored with noise (planted, no training source); the model's "
+            "copies of one memorised slice (natural, with one); pairs of two held-out real "
+            "slices (false: different people).",
+            "",
+            "| pairs reported | planted pairs found | sources copied by 2+ samples, paired "
+            "with that source | pairs naming a shared training source | false pairs of real "
+            "slices | real slices in any pair |",
+            "|---|---|---|---|---|---|",
+            f"| {d['n_pairs']} | {d['planted_found']} / {d['planted']} | "
+            f"{d['sources_paired']} / {d['sources_copied_twice']} | "
+            f"{d['pairs_with_shared_source']} | {d['pairs_between_real_slices']} | "
+            f"{d['real_slices_in_a_pair']} / {d['real_slices']} |",
+        ]
+    return lines
 
 
 def _mmm(d: dict) -> str:

@@ -158,7 +158,10 @@ def test_run_end_to_end_with_a_stand_in_scorer(tiny, cache):
     assert m["n_scored"] == 6 + 15 and m["counts"]["novel-real"] == 15
     assert (root / "results.json").is_file() and (root / "oracle.json").is_file()
     n_aug = 2 * len(benchmark.AUGMENTATIONS)
-    assert len(list((root / "queries").glob("*.png"))) == 21 + n_aug
+    n_blends = 2 * len(benchmark.BLEND_WEIGHTS)
+    assert len(list((root / "queries").glob("*.png"))) == 21 + n_aug + n_blends + 2  # 2 dups
+    assert set(result["blends"]) == {f"{w:.1f}" for w in benchmark.BLEND_WEIGHTS}
+    assert "duplicates" not in result  # the stand-in writes no internal_duplicates.csv
     aug = result["augmented"]
     assert set(aug) == set(benchmark.AUGMENTATIONS) and aug["none"]["n"] == 2
     # exact copies: the stand-in finds them at correlation 1 with their own source
@@ -191,3 +194,48 @@ def test_augmented_copies_are_their_source_moved(tiny, tmp_path):
     # three copies of one kind come from three subjects where the cohort has them
     subjects = {t["source_subject"] for t in truth.values() if t["class"] == "aug:shift"}
     assert len(subjects) == 3
+
+
+def test_blends_and_planted_duplicates_are_what_they_say(tiny, tmp_path):
+    from Testing.benchmarks.diffusion2d import set_audit
+
+    _, cohort = tiny
+    train, held = cohort.train_files(), cohort.heldout_files()
+    truth = set_audit.write_blends(train, held, tmp_path, per_weight=2, seed=1)
+    assert len(truth) == 2 * len(set_audit.BLEND_WEIGHTS)
+    for name, t in truth.items():
+        w = float(t["class"].split(":")[1])
+        source = read_grey(next(f for f in train if f.name == t["source"])) / 255.0
+        blend = read_grey(tmp_path / name) / 255.0
+        # the rest, (blend - w source) / (1 - w), is one of the held-out slices
+        rest = (blend - w * source) / (1 - w)
+        errors = [np.abs(rest - read_grey(h) / 255.0).max() for h in held]
+        assert min(errors) <= 1.0 / 255 / (1 - w) + 1e-6
+    planted = set_audit.write_duplicates(held, tmp_path, n=3, seed=2)
+    for dup, original in planted.items():
+        a = read_grey(tmp_path / dup).astype(float)
+        b = read_grey(next(h for h in held if h.name == original))[:, ::-1].astype(float)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    samples = [
+        {"file": "fake_0.png", "label": "copy", "source": "subject01_z020.png"},
+        {"file": "fake_1.png", "label": "copy", "source": "subject01_z020.png"},
+        {"file": "fake_2.png", "label": "copy", "source": "subject02_z020.png"},
+        {"file": "fake_3.png", "label": "novel", "source": "subject03_z020.png"},
+    ]
+    (dup, original), *_ = planted.items()
+    real = [h.name for h in held]
+    other = next(r for r in real if r != original)
+    pairs = [
+        ("fake_1.png", "fake_0.png", "/train/subject01_z020.png"),
+        (original, dup, ""),
+        (other, next(r for r in real if r not in (other, original)), ""),
+    ]
+    d = set_audit.evaluate_duplicates(pairs, planted, samples, real)
+    assert d["planted_found"] == 1 and d["planted"] == 3
+    assert d["sources_copied_twice"] == 1 and d["sources_paired"] == 1
+    assert d["pairs_with_shared_source"] == 1 and d["pairs_between_real_slices"] == 1
+    assert d["real_slices_in_a_pair"] == 2 and d["real_slices"] == len(real) - 3
+    result = {"blends": {"0.8": {"n": 2, "auroc": 1.0, "tpr_at_1pct_fpr": 1.0, "flagged": 1.0,
+              "flagged_true_source": 1.0}}, "duplicates": d}  # fmt: skip
+    text = "\n".join(benchmark._set_audit_lines(result))
+    assert "| 0.8 | 2 | 1.000 |" in text and "| 3 | 1 / 3 | 1 / 1 | 1 | 1 |" in text
