@@ -163,19 +163,23 @@ def test_a_single_input_or_the_switch_leaves_the_search_out(tmp_path, request):
     key = sorted(slices)[0]
     Image.fromarray(slices[key]).save(synthetic / "only.png")
     assert cli("score", bank, synthetic, "--out", tmp_path / "r1") == 0
-    inside = json.loads((tmp_path / "r1" / "summary.json").read_text())["internal_duplicates"]
+    inside = json.loads((tmp_path / "r1" / "summary.json").read_text(encoding="utf-8"))[
+        "internal_duplicates"
+    ]
     assert inside == {"searched": False, "reason": inside["reason"]}
     assert "nothing to compare" in inside["reason"]
     assert read_pairs(tmp_path / "r1") == []
     Image.fromarray(slices[key]).save(synthetic / "again.png")
     args = ("score", bank, synthetic, "--out", tmp_path / "r2", "--no-internal-duplicates")
     assert cli(*args) == 0
-    inside = json.loads((tmp_path / "r2" / "summary.json").read_text())["internal_duplicates"]
+    inside = json.loads((tmp_path / "r2" / "summary.json").read_text(encoding="utf-8"))[
+        "internal_duplicates"
+    ]
     assert not inside["searched"] and "--no-internal-duplicates" in inside["reason"]
-    header = (tmp_path / "r2" / "internal_duplicates.csv").read_text().splitlines()
+    header = (tmp_path / "r2" / "internal_duplicates.csv").read_text(encoding="utf-8").splitlines()
     assert header[0].startswith("input_a,slice_a,input_b,slice_b,p_value,mi")
     assert len(header) == 1
-    assert "Not searched" in (tmp_path / "r2" / "report.html").read_text()
+    assert "Not searched" in (tmp_path / "r2" / "report.html").read_text(encoding="utf-8")
 
 
 def test_sidak_is_the_best_of_m_independent_draws():
