@@ -531,18 +531,12 @@ MAX_PAIRS_SHOWN = 10
 
 def print_internal_duplicates(result) -> None:
     """One line on the synthetic inputs that copy each other, then the worst pairs."""
+    from .scoring.internal_duplicates import headline
+
     found = result.summary.get("internal_duplicates")
     if found is None:
         return
-    if not found["searched"]:
-        print(f"Internal duplicates: not searched. {found['reason']}")
-        return
-    print(
-        f"Internal duplicates: {found['n_pairs']} pair(s) of synthetic inputs copy each other; "
-        f"{found['n_inputs_flagged']} of {found['n_inputs']} inputs flagged "
-        f"({found['expected_by_chance']:.2g} expected by chance at alpha {result.alpha:g}), "
-        f"{found['pairs_with_training_source']} pair(s) copy the same training volume."
-    )
+    print(headline(found, result.alpha))
     for pair in result.internal_duplicates[:MAX_PAIRS_SHOWN]:
         source = Path(pair.training_source).name if pair.training_source else "no common source"
         print(

@@ -54,4 +54,5 @@ def test_demo_command_writes_cohort_bank_report_and_verdicts(tmp_path, monkeypat
             assert re.search(r"copy \((hflip|none)\)\s+COPY", line), line
             assert "(wrong)" not in line, line
     assert "Caught 2 of 2 copies" in printed
+    assert "Internal duplicates: " in printed and " of 4 inputs flagged" in printed
     assert "UNTRAINED encoder" in printed and f"Report: {out / 'report' / 'report.html'}" in printed

@@ -18,6 +18,7 @@ from ..bank.settings import BankSettings
 from ..encoding.choice import KIND_OF_CHOICE, UNTRAINED_NOTICE, choose_encoder
 from ..job import Job
 from ..report.files import write_report
+from ..scoring.internal_duplicates import headline
 from ..scoring.score import score
 from .cohort import make_cohort
 
@@ -97,6 +98,9 @@ def _print_against_truth(result, bank, members) -> None:
         f"Caught {caught} of {n_copies} copies; flagged {false_alarms} of {n_novel} novel "
         f"subjects (alpha {result.alpha})."
     )
+    inside = result.summary.get("internal_duplicates")
+    if inside is not None:
+        print(headline(inside, result.alpha))
     if not bank.trained_encoder:
         print(
             "Note: this ran an UNTRAINED encoder (no MRI-CORE checkpoint given, LiteMedSAM "

@@ -242,3 +242,15 @@ def not_searched(result: ScoreResult, why: str) -> ScoreResult:
     result.summary["internal_duplicates"] = {"searched": False, "reason": why}
     result.query_features = None
     return result
+
+
+def headline(found: dict, alpha: float) -> str:
+    """The one line the console prints of summary.json's "internal_duplicates"."""
+    if not found["searched"]:
+        return f"Internal duplicates: not searched. {found['reason']}"
+    return (
+        f"Internal duplicates: {found['n_pairs']} pair(s) of synthetic inputs copy each other; "
+        f"{found['n_inputs_flagged']} of {found['n_inputs']} inputs flagged "
+        f"({found['expected_by_chance']:.2g} expected by chance at alpha {alpha:g}), "
+        f"{found['pairs_with_training_source']} pair(s) copy the same training volume."
+    )
