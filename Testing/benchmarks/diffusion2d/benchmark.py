@@ -385,7 +385,7 @@ def run(
         pairs = read_pairs(work / "report")
         if pairs is not None:
             result["duplicates"] = evaluate_duplicates(
-                pairs, planted, sample_rows, [f.name for f in held_files]
+                pairs, planted, sample_rows, [f.name for f in held_files], blends
             )
     result["seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
@@ -534,19 +534,21 @@ def _set_audit_lines(result: dict) -> list[str]:
     if d:
         lines += [
             "",
-            "Duplicates within the set (internal_duplicates.csv): held-out real slices written "
-            "a second time, mirrored with noise (planted, no training source); the model's "
-            "copies of one memorised slice (natural, with one); pairs of two held-out real "
-            "slices (false: different people).",
+            "Duplicates within the set (internal_duplicates.csv). Planted: held-out real "
+            "slices written a second time, mirrored with noise (no training source). Natural: "
+            "the model's copies of one memorised slice (with one). The held-out real slices "
+            "(never seen by the model) pair truly with neighbouring slices of the same person, "
+            "their planted duplicate or a blend made with them; any other pair of theirs is "
+            "false.",
             "",
             "| pairs reported | planted pairs found | sources copied by 2+ samples, paired "
-            "with that source | pairs naming a shared training source | false pairs of real "
-            "slices | real slices in any pair |",
-            "|---|---|---|---|---|---|",
+            "with that source named | pairs naming a shared training source | real slices: "
+            "pairs within one person | false pairs of real slices | real slices falsely paired |",
+            "|---|---|---|---|---|---|---|",
             f"| {d['n_pairs']} | {d['planted_found']} / {d['planted']} | "
             f"{d['sources_paired']} / {d['sources_copied_twice']} | "
-            f"{d['pairs_with_shared_source']} | {d['pairs_between_real_slices']} | "
-            f"{d['real_slices_in_a_pair']} / {d['real_slices']} |",
+            f"{d['pairs_with_shared_source']} | {d['real_pairs_same_person']} | "
+            f"{d['real_false_pairs']} | {d['real_slices_falsely_paired']} / {d['real_slices']} |",
         ]
     return lines
 

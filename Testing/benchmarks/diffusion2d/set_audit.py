@@ -47,6 +47,7 @@ def write_blends(
                 "class": f"blend:{w:.1f}",
                 "source_subject": subject_of(source.name),
                 "source": source.name,
+                "partner": partner.name,
             }
     return truth
 
@@ -84,10 +85,13 @@ def evaluate_duplicates(
     planted: dict[str, str],
     samples: list[dict],
     heldout: list[str],
+    blends: dict[str, dict] | None = None,
 ) -> dict:
     """Planted pairs found; sources copied by two or more samples whose copies were paired
-    (with that source named); pairs between two held-out real slices of different people
-    (false: they are distinct subjects), and the held-out slices in any pair."""
+    (with that source named); and, for the held-out real slices, which the model never saw:
+    pairs with a slice of the same person (neighbouring slices of one head: true look-alikes
+    that a set of single images cannot tell from duplicates), and false pairs, with anything
+    else than the same person, its planted duplicate or a blend made with it."""
     found = {frozenset(p[:2]) for p in pairs}
     source_of = {r["file"]: r["source"] for r in samples if r["label"] == "copy"}
     by_source: dict[str, list[str]] = {}
@@ -101,10 +105,22 @@ def evaluate_duplicates(
         and shared.endswith(source_of[a])
     }  # fmt: skip
     real = set(heldout)
-    false_real = [p for p in pairs if p[0] in real and p[1] in real]
-    in_pairs = {name for p in pairs for name in p[:2]}
-    planted_originals = set(planted.values())
-    clean_real = real - planted_originals
+    made_with = {dup: original for dup, original in planted.items()}
+    made_with.update({name: t["partner"] for name, t in (blends or {}).items()})
+
+    def person(name: str):  # the person a real slice shows, also through a dup or blend
+        name = made_with.get(name, name)
+        return subject_of(name) if name in real else None
+
+    same_person = false = 0
+    falsely_paired: set[str] = set()
+    for a, b, _ in pairs:
+        if a in real and b in real and person(a) == person(b):
+            same_person += 1
+            continue
+        wrong = [x for x, y in ((a, b), (b, a)) if x in real and person(y) != person(x)]
+        false += bool(wrong)
+        falsely_paired.update(wrong)
     return {
         "n_pairs": len(pairs),
         "planted": len(planted),
@@ -112,7 +128,8 @@ def evaluate_duplicates(
         "sources_copied_twice": len(repeated),
         "sources_paired": len(paired_sources & repeated),
         "pairs_with_shared_source": sum(bool(p[2]) for p in pairs),
-        "pairs_between_real_slices": len(false_real),
-        "real_slices": len(clean_real),
-        "real_slices_in_a_pair": len(clean_real & in_pairs),
+        "real_pairs_same_person": same_person,
+        "real_false_pairs": false,
+        "real_slices": len(real),
+        "real_slices_falsely_paired": len(falsely_paired),
     }

@@ -207,10 +207,10 @@ def test_blends_and_planted_duplicates_are_what_they_say(tiny, tmp_path):
         w = float(t["class"].split(":")[1])
         source = read_grey(next(f for f in train if f.name == t["source"])) / 255.0
         blend = read_grey(tmp_path / name) / 255.0
-        # the rest, (blend - w source) / (1 - w), is one of the held-out slices
+        # the rest, (blend - w source) / (1 - w), is the held-out slice named as partner
         rest = (blend - w * source) / (1 - w)
-        errors = [np.abs(rest - read_grey(h) / 255.0).max() for h in held]
-        assert min(errors) <= 1.0 / 255 / (1 - w) + 1e-6
+        partner = read_grey(next(h for h in held if h.name == t["partner"])) / 255.0
+        assert np.abs(rest - partner).max() <= 1.0 / 255 / (1 - w) + 1e-6
     planted = set_audit.write_duplicates(held, tmp_path, n=3, seed=2)
     for dup, original in planted.items():
         a = read_grey(tmp_path / dup).astype(float)
@@ -233,9 +233,16 @@ def test_blends_and_planted_duplicates_are_what_they_say(tiny, tmp_path):
     d = set_audit.evaluate_duplicates(pairs, planted, samples, real)
     assert d["planted_found"] == 1 and d["planted"] == 3
     assert d["sources_copied_twice"] == 1 and d["sources_paired"] == 1
-    assert d["pairs_with_shared_source"] == 1 and d["pairs_between_real_slices"] == 1
-    assert d["real_slices_in_a_pair"] == 2 and d["real_slices"] == len(real) - 3
+    assert d["pairs_with_shared_source"] == 1
+    # the third pair: two held-out slices; false unless both show the same person
+    assert d["real_pairs_same_person"] + d["real_false_pairs"] == 1
+    assert d["real_slices_falsely_paired"] == 2 * d["real_false_pairs"]
+    assert d["real_slices"] == len(real)
+    blend = {"blend-0.5_00.png": {"partner": other}}
+    with_blend = [("blend-0.5_00.png", other, ""), ("fake_2.png", other, "")]
+    d2 = set_audit.evaluate_duplicates(with_blend, planted, samples, real, blend)
+    assert d2["real_false_pairs"] == 1 and d2["real_slices_falsely_paired"] == 1
     result = {"blends": {"0.8": {"n": 2, "auroc": 1.0, "tpr_at_1pct_fpr": 1.0, "flagged": 1.0,
               "flagged_true_source": 1.0}}, "duplicates": d}  # fmt: skip
     text = "\n".join(benchmark._set_audit_lines(result))
-    assert "| 0.8 | 2 | 1.000 |" in text and "| 3 | 1 / 3 | 1 / 1 | 1 | 1 |" in text
+    assert "| 0.8 | 2 | 1.000 |" in text and "| 3 | 1 / 3 | 1 / 1 | 1 |" in text
