@@ -92,7 +92,9 @@ def test_planted_2d_duplicates_are_found_with_the_right_pairs(tmp_path, capsys, 
     by_pair = {names(r): r for r in pairs}
     source = by_pair[frozenset({"copy1.png", "copy1_shifted.png"})]["shared_training_source"]
     assert source.endswith(f"subject01_z{twice[1]:03d}.png")
-    assert by_pair[frozenset({"novel_a.png", "novel_a_again.png"})]["shared_training_source"] == ""
+    mirrored = by_pair[frozenset({"novel_a.png", "novel_a_again.png"})]
+    assert mirrored["shared_training_source"] == "" and mirrored["transform"] == "hflip"
+    assert by_pair[frozenset({"copy1.png", "copy1_shifted.png"})]["transform"] == "none"
     for row in pairs:
         assert float(row["p_value"]) <= 0.01 and row["slices_matched"] == "1"
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))

@@ -4,9 +4,14 @@ each pair with its two slices side by side (scoring/internal_duplicates.py)."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from ..scoring.results import DuplicatePair, ScoreResult
 from .images import difference_image, figures
+from .slice_images import aligned
 
 PAIRS_WITH_IMAGES = 50  # the rest are in the table only (internal_duplicates.csv has all)
 IMAGE_PX = 192
@@ -22,10 +27,32 @@ def _images(result: ScoreResult, rows: dict, pair: DuplicatePair) -> str:
     if a is None or b is None:
         return ""
     ta, tb = result.query_thumbnails[a], result.query_thumbnails[b]
+    placed = aligned(tb, _as_alignment(pair), 0, len(tb))
     return figures(
-        [(ta, "input A"), (tb, "input B"), (difference_image(ta, tb), "difference (unaligned)")],
+        [
+            (ta, "input A"),
+            (placed, "input B, placed"),
+            (difference_image(ta, placed), "difference"),
+        ],
         IMAGE_PX,
     )
+
+
+def _as_alignment(pair: DuplicatePair) -> SimpleNamespace:
+    """The pair's pose in the shape slice_images.aligned reads (one query)."""
+    return SimpleNamespace(
+        flip=[pair.flip],
+        angle=np.array([pair.angle_deg]),
+        scale=np.array([pair.scale]),
+        shift=np.array([pair.shift_px]),
+    )
+
+
+def _name(path: str, slice_index: int) -> str:
+    """A file name with its slice; the whole path on hover."""
+    esc = html.escape
+    name = f'<span title="{esc(path)}">{esc(Path(path).name)}</span>'
+    return f"{name} <small>slice {slice_index}</small>"
 
 
 def _pair_row(result: ScoreResult, rows: dict, k: int, pair: DuplicatePair) -> str:
@@ -34,11 +61,11 @@ def _pair_row(result: ScoreResult, rows: dict, k: int, pair: DuplicatePair) -> s
     images = _images(result, rows, pair) if k < PAIRS_WITH_IMAGES else ""
     return (
         f'<tr class="flag"><td>{k + 1}</td>'
-        f"<td>{esc(pair.input_a)} <small>slice {pair.slice_a}</small></td>"
-        f"<td>{esc(pair.input_b)} <small>slice {pair.slice_b}</small></td>"
+        f"<td>{_name(pair.input_a, pair.slice_a)}</td>"
+        f"<td>{_name(pair.input_b, pair.slice_b)}</td>"
         f"<td>{pair.mi:.6f}</td><td>{pair.p_value:.2e}</td><td>{pair.slices_matched}</td>"
         f"<td>{pair.longest_run}</td>"
-        f"<td>{esc(source) if source else 'none in common'}</td></tr>"
+        f"<td>{esc(Path(source).name) if source else 'none in common'}</td></tr>"
         + (
             f'<tr><td></td><td colspan="7"><div class="imgs">{images}</div></td></tr>'
             if images

@@ -171,7 +171,21 @@ def _direction(result, vids, stages, p, slice_indices, a: int, step: int):
         source_b=vb.match_volume if vb.flagged else "",
         series_uid_a=va.series_uid,
         series_uid_b=vb.series_uid,
+        **_pose(stages, int(best)),
     )
+
+
+def _pose(stages: StageResult, i: int) -> dict:
+    """Stage 2's pose of slice i's match (none without stage 2)."""
+    al = stages.alignment
+    if al is None:
+        return {}
+    return {
+        "flip": al.flip[i],
+        "angle_deg": float(al.angle[i]),
+        "scale": (float(al.scale[i, 0]), float(al.scale[i, 1])),
+        "shift_px": (float(al.shift[i, 0]), float(al.shift[i, 1])),
+    }
 
 
 def _pairs(found: list[tuple[int, int, DuplicatePair]]) -> list[DuplicatePair]:

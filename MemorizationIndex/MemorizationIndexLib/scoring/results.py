@@ -289,6 +289,10 @@ class DuplicatePair(_Row):
     source_b: str = ""
     series_uid_a: str = ""
     series_uid_b: str = ""
+    flip: str = "none"
+    angle_deg: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    shift_px: tuple[float, float] = (0.0, 0.0)
 
     @property
     def training_source(self) -> str:
@@ -299,6 +303,9 @@ class DuplicatePair(_Row):
         """The internal_duplicates.csv row."""
         row = {f.name: getattr(self, f.name) for f in fields(self)}
         row["shared_training_source"] = self.training_source
+        row["transform"] = row.pop("flip")
+        row["scale_x"], row["scale_y"] = row.pop("scale")
+        row["shift_x_px"], row["shift_y_px"] = row.pop("shift_px")
         return row
 
 
