@@ -210,3 +210,16 @@ def test_stepped_run_follows_a_thinned_reference():
     gap = on.copy()
     gap[3] = False
     assert stepped_run(gap, np.arange(8), 1) == 4
+
+
+def test_features_of_layers_of_different_widths_are_kept_side_by_side():
+    """LiteMedSAM's TinyViT stages are 64 to 320 wide: a set's features are one array with
+    the layers side by side, split back by the bank's whiteners."""
+    from MemorizationIndexLib.scoring.internal_duplicates import layer_features
+
+    rng = np.random.default_rng(1)
+    layers = [rng.normal(size=(5, d)).astype(np.float32) for d in (64, 160, 256)]
+    back = layer_features(np.concatenate(layers, axis=1), [64, 160, 256])
+    assert all(np.array_equal(a, b) for a, b in zip(layers, back, strict=True))
+    with pytest.raises(ValueError, match="480 feature columns"):
+        layer_features(np.concatenate(layers, axis=1), [64, 160])

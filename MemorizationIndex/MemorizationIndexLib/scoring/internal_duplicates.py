@@ -113,15 +113,26 @@ def sidak(p: np.ndarray, m: float) -> np.ndarray:
     return -np.expm1(m * np.log1p(-np.clip(p, 0.0, 1.0 - 1e-16)))
 
 
+def layer_features(side_by_side: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    """The per-layer [n, D_l] arrays of features kept side by side (ScoreResult)."""
+    if side_by_side.shape[1] != sum(widths):
+        raise ValueError(
+            f"{side_by_side.shape[1]} feature columns kept, the bank's layers take {sum(widths)}"
+        )
+    edges = np.cumsum([0, *widths])
+    return [
+        np.ascontiguousarray(side_by_side[:, edges[k] : edges[k + 1]]) for k in range(len(widths))
+    ]
+
+
 def search_within(
     bank, result: ScoreResult, vids: np.ndarray, reference: np.ndarray, job: Job
 ) -> StageResult:
     """Stages 1 and 2 of every synthetic slice against the other synthetic inputs' slices
     marked `reference`; match rows are rows of the whole set."""
     bank_index = bank.index
-    layers = [np.ascontiguousarray(result.query_features[:, k]) for k in range(
-        result.query_features.shape[1])]  # fmt: skip
     whiteners = bank_index.whiteners_
+    layers = layer_features(result.query_features, [len(w.mean) for w in whiteners])
     index = bank_index.unfitted().set_fitted(
         whiteners,
         [w.transform(f[reference]) for w, f in zip(whiteners, layers, strict=True)],

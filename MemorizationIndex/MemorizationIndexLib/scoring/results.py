@@ -332,7 +332,8 @@ class ScoreResult:
     match_rows: np.ndarray
     alpha: float
     alignment: Alignments | None = None
-    # [n, layers, D] float32 raw encoder features of the slices (identity view), kept until
+    # [n, D1 + D2 + ...] float32 raw encoder features of the slices (identity view), the
+    # layers side by side (their widths differ in LiteMedSAM's TinyViT), kept until
     # the internal-duplicate search of the whole set has used them, then dropped (None)
     query_features: np.ndarray | None = None
     internal_duplicates: list[DuplicatePair] = field(default_factory=list)

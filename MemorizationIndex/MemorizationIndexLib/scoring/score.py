@@ -265,7 +265,7 @@ def score_features(
         match_rows=stages.match_rows,
         alpha=alpha,
         alignment=stages.alignment,
-        query_features=np.stack(queries.features, axis=1).astype(np.float32, copy=False),
+        query_features=np.concatenate(queries.features, axis=1).astype(np.float32, copy=False),
     )
     return with_internal_duplicates(bank, result, internal_duplicates, job)
 
