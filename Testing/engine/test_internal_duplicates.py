@@ -200,7 +200,10 @@ def test_reference_share_never_favours_a_flag(small_bank):
 
 
 def test_stepped_run_follows_a_thinned_reference():
-    from MemorizationIndexLib.scoring.internal_duplicates import stepped_run
+    from MemorizationIndexLib.scoring.evidence import longest_ordered_run
+
+    def stepped_run(flagged, matched, step):  # the internal search's run: one reference input
+        return longest_ordered_run(flagged, matched, np.zeros(64, int), step, repeats=True)
 
     on = np.ones(8, bool)
     assert stepped_run(on, np.array([10, 10, 12, 12, 14, 14, 16, 16]), 2) == 8

@@ -15,25 +15,34 @@ def simes_p_value(p_values: np.ndarray) -> float:
     return float(min(1.0, np.min(len(p) * p / np.arange(1, len(p) + 1))))
 
 
-def longest_ordered_run(flagged: np.ndarray, match_rows: np.ndarray, bank_vids: np.ndarray) -> int:
-    """Longest stretch of consecutive flagged slices whose matches are consecutive bank slices
-    of one training volume, in a consistent direction (a copied stack, possibly reversed)."""
-    best = 0
-    run = 0
-    step = 0
+def longest_ordered_run(
+    flagged: np.ndarray,
+    match_rows: np.ndarray,
+    volume_ids: np.ndarray,
+    max_step: int = 1,
+    repeats: bool = False,
+) -> int:
+    """Longest stretch of consecutive flagged slices whose matches are slices of one
+    reference volume (volume_ids[match_rows]) moving one way, a copied stack, possibly
+    reversed: by one row each; by up to max_step rows, or none with `repeats`, where the
+    reference keeps every max_step-th slice (internal duplicates)."""
+    best = run = direction = 0
+    least = 0 if repeats else 1
     for i in range(len(flagged)):
         if not flagged[i]:
-            run, step = 0, 0
+            run = direction = 0
             continue
-        if run > 0:
-            diff = int(match_rows[i]) - int(match_rows[i - 1])
-            same_volume = bank_vids[match_rows[i]] == bank_vids[match_rows[i - 1]]
-            if same_volume and abs(diff) == 1 and (step == 0 or diff == step):
-                run += 1
-                step = diff
-            else:
-                run, step = 1, 0
+        diff = int(match_rows[i]) - int(match_rows[i - 1]) if run else 0
+        follows = (
+            run > 0
+            and volume_ids[match_rows[i]] == volume_ids[match_rows[i - 1]]
+            and least <= abs(diff) <= max_step
+            and diff * direction >= 0
+        )
+        if follows:
+            run += 1
+            direction = direction or int(np.sign(diff))
         else:
-            run = 1
+            run, direction = 1, 0
         best = max(best, run)
     return best

@@ -29,10 +29,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..calibration.content import SliceContent
+from ..calibration.content import SliceContent, rows_by_group
+from ..calibration.null import volume_folds
 from ..job import INTERNAL_STAGE, Job
 from ..search.index import QuerySlices, StageResult
-from .evidence import simes_p_value
+from .evidence import longest_ordered_run, simes_p_value
 from .results import DuplicatePair, ScoreResult
 
 
@@ -70,41 +71,23 @@ def reference_step(bank, result: ScoreResult, vids: np.ndarray) -> int:
     return max(1, round(ratio)) if np.isfinite(ratio) else 1
 
 
-def reference_rows(vids: np.ndarray, step: int) -> np.ndarray:
+def reference_rows(by_input: list[tuple[int, np.ndarray]], n: int, step: int) -> np.ndarray:
     """[n] bool: every step-th slice of each input, the synthetic reference."""
-    keep = np.ones(len(vids), bool)
-    for v in np.unique(vids):
-        rows = np.flatnonzero(vids == v)
-        keep[rows] = np.arange(len(rows)) % step == 0
+    keep = np.zeros(n, bool)
+    for _, rows in by_input:
+        keep[rows[::step]] = True
     return keep
-
-
-def stepped_run(flagged: np.ndarray, matched: np.ndarray, step: int) -> int:
-    """Longest stretch of consecutive flagged slices whose matches (rows of one input, in
-    order) move one way by at most `step` rows each (a reference of every step-th slice
-    is matched by 0 or step in turn)."""
-    best = run = direction = 0
-    for i in range(len(flagged)):
-        diff = int(matched[i]) - int(matched[i - 1]) if i else 0
-        follows = run > 0 and abs(diff) <= step and diff * direction >= 0
-        if not flagged[i]:
-            run = direction = 0
-        elif follows:
-            run += 1
-            direction = direction or int(np.sign(diff))
-        else:
-            run, direction = 1, 0
-        best = max(best, run)
-    return best
 
 
 def reference_share(bank, n_inputs: int) -> float:
     """m: how many times more inputs the synthetic reference holds (all but the query's
     own) than the null's did (the training inputs kept in a calibration fold); >= 1."""
     groups = bank.manifest.get("subject_groups")
-    n_subjects = len(set(groups)) if groups else len(bank.volumes)
-    folds = min(max(bank.settings.calibration_folds, 2), max(n_subjects, 2))
-    kept = len(bank.volumes) * (1.0 - 1.0 / folds)
+    n = len(bank.volumes)
+    folds = volume_folds(
+        n, bank.settings.calibration_folds, bank.settings.seed, None if not groups else groups
+    )
+    kept = n - n / len(folds)  # the mean over folds of the volumes left in the bank
     return max(1.0, (n_inputs - 1) / max(kept, 1.0))
 
 
@@ -146,13 +129,13 @@ def search_within(
     if found.alignment is not None:
         found.alignment.candidate = rows[found.alignment.candidate]
     found.stage1.best_row = rows[found.stage1.best_row]
+    found.stage1.topk = rows[found.stage1.topk]
     return found
 
 
-def _direction(result, vids, stages, p, slice_indices, a: int, step: int):
-    """(b, the DuplicatePair a -> b) for input a's best partner b; None when a is not
-    flagged."""
-    rows = np.flatnonzero(vids == a)
+def _direction(result, vids, stages, p, slice_indices, a: int, rows: np.ndarray, step: int):
+    """(b, the DuplicatePair a -> b) for input a (its slices: rows) and its best partner
+    b; None when a is not flagged."""
     matched = stages.match_rows[rows]
     partner = vids[matched]
     p_a = p[rows]
@@ -177,7 +160,7 @@ def _direction(result, vids, stages, p, slice_indices, a: int, step: int):
         mi=1.0 - simes,
         score=float(stages.stage_score[best]),
         slices_matched=int(flagged.sum()),
-        longest_run=stepped_run(flagged, matched, step),
+        longest_run=longest_ordered_run(flagged, matched, vids, step, repeats=True),
         source_a=va.match_volume if va.flagged else "",
         source_b=vb.match_volume if vb.flagged else "",
         series_uid_a=va.series_uid,
@@ -223,15 +206,16 @@ def find_internal_duplicates(
     planar = np.array([result.volumes[v].kind != "volume" for v in vids], bool)
     slice_indices = np.array([s.slice_index for s in result.slices], np.int64)
     step = reference_step(bank, result, vids)
-    reference = reference_rows(vids, step)
+    by_input = rows_by_group(vids)
+    reference = reference_rows(by_input, len(vids), step)
     stages = search_within(bank, result, vids, reference, job)
     content = SliceContent.of(result.query_thumbnails, vids, slice_indices, planar)
     _, p, _, _ = bank.calibrate(stages, np.ones(len(vids), bool), content)
     m = reference_share(bank, len(result.volumes))
     p = sidak(p, m)
     found = []
-    for a in range(len(result.volumes)):
-        direction = _direction(result, vids, stages, p, slice_indices, a, step)
+    for a, rows in by_input:
+        direction = _direction(result, vids, stages, p, slice_indices, a, rows, step)
         if direction is not None:
             found.append((a, *direction))
     pairs = _pairs(found)
